@@ -1,0 +1,34 @@
+"""VGG with batch norm; one stage (convs + max-pool) per block."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from timm.layers import ClassifierHead, ConvNormAct
+from torch import nn
+
+from pwl.blocks import BlockNet
+from pwl.errors import ConfigError
+
+
+def vgg(depths: Sequence[int] = (1, 1, 2, 2, 2), widths: Sequence[int] = (32, 64, 128, 128, 128),
+        in_chans: int = 3, num_classes: int = 10, drop_rate: float = 0.0) -> BlockNet:
+    """A VGG-BN whose stages are the swap units.
+
+    Each stage is ``depth`` 3x3 conv-BN-ReLU layers followed by a 2x2 max-pool
+    (ceil mode, so small inputs such as 28x28 survive five stages).
+    The stem is empty: the first conv belongs to block 0.
+    """
+    if len(depths) != len(widths):
+        raise ConfigError(f"model: depths {list(depths)} and widths {list(widths)} "
+                          "must have the same length (one entry per block)")
+    stages, ch = [], in_chans
+    for d, w in zip(depths, widths):
+        layers = []
+        for _ in range(d):
+            layers.append(ConvNormAct(ch, w, kernel_size=3))
+            ch = w
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        stages.append(nn.Sequential(*layers))
+    head = ClassifierHead(ch, num_classes, pool_type="avg", drop_rate=drop_rate)
+    return BlockNet(nn.Identity(), stages, head, num_classes)
