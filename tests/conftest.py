@@ -23,8 +23,27 @@ def model_cfg(name: str, data: str = "synthetic", **data_overrides) -> dict:
 
 
 def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
+    """Composes the real ``conf/<config_name>.yaml`` with command-line style overrides."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def tiny_train_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """conf/train.yaml on synthetic data, small models, CPU, no logger, in ``tmp_path``."""
+    return compose_cfg("train", [
+        "data=synthetic", "data.num_train=512", "data.num_test=256", "data.val_size=128",
+        "model=resnet_narrow", "model.teacher.widths=[8,16,16,32]",
+        "model.student.widths=[4,8,8,16]", "trainer=cpu", "epochs.teacher=1", "epochs.distill=1",
+        "logger=none", f"run_dir={tmp_path}", *overrides])
+
+
+def run_module(*args: str, cwd: Path | None = None, timeout: int = 300):
+    """Runs ``python -m <args>`` and returns the CompletedProcess (text output)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,146 @@
+"""LightningModules: a teacher trained from scratch, and student + adapters distilled from it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from pwl.build import build_hybrid, build_teacher
+from pwl.checkpoint import load_teacher
+from pwl.lit.optim import build_optimizer, build_scheduler
+from pwl.losses import DistillOutputs, build_loss
+
+
+class _Optimized(L.LightningModule):
+    """Shared optimizer/schedule wiring from the ``optim`` config."""
+
+    optim_cfg: dict[str, Any]
+
+    def param_groups(self) -> list[dict]:
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.optim_cfg, self.param_groups())
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        return {"optimizer": optimizer,
+                "lr_scheduler": build_scheduler(self.optim_cfg, optimizer, total, per_epoch)}
+
+
+class TeacherModule(_Optimized):
+    """Trains the teacher BlockNet with cross-entropy.
+
+    Args:
+        model_cfg: the model config (only its ``teacher`` entry is built).
+        optim: the optim config (optimizer partial, scheduler, adapter_lr_mult).
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(self, model_cfg: Mapping[str, Any], optim: Mapping[str, Any],
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = dict(model_cfg)
+        self.optim_cfg = dict(optim)
+        self.net = build_teacher(self.model_cfg)
+        num_classes = self.net.num_classes
+        self.label_smoothing = label_smoothing
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.net.parameters())}]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc(self.net(x), y)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_acc(self.net(x), y)
+        self.log("test/acc", self.test_acc)
+
+
+class DistillModule(_Optimized):
+    """Trains the student and the adapters; the teacher is frozen.
+
+    Each step runs the teacher once (no grad, eval mode) and the student once,
+    keeping every block's output; the loss plugins read those, and mixed
+    paths start from the cached activation at their first switch.
+
+    Args:
+        model_cfg: the model config (teacher, student, adapter, input_shape).
+        loss: the loss config (``terms``: name -> weight and plugin options).
+        optim: the optim config; ``adapter_lr_mult`` scales the adapters' LR.
+        teacher: a teacher run directory or ``teacher.safetensors``. Leave it
+            out only when weights come from a checkpoint.
+    """
+
+    def __init__(self, model_cfg: Mapping[str, Any], loss: Mapping[str, Any],
+                 optim: Mapping[str, Any], teacher: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = dict(model_cfg)
+        self.optim_cfg = dict(optim)
+        teacher_net = load_teacher(teacher, self.model_cfg["teacher"]) if teacher else None
+        self.hybrid = build_hybrid(self.model_cfg, teacher=teacher_net)
+        self.loss = build_loss(loss.get("terms", {}))
+        num_classes = self.hybrid.student.num_classes
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def param_groups(self) -> list[dict]:
+        return [
+            {"params": list(self.hybrid.student.parameters())},
+            {"params": list(self.hybrid.adapters.parameters()),
+             "lr_mult": self.optim_cfg.get("adapter_lr_mult", 1.0)},
+        ]
+
+    def on_fit_start(self) -> None:
+        self.print(str(self.loss))
+
+    def forward(self, x: torch.Tensor, mask: str | None = None) -> torch.Tensor:
+        return self.hybrid(x, mask or "S" * self.hybrid.num_blocks)
+
+    def distill_outputs(self, x: torch.Tensor, y: torch.Tensor) -> DistillOutputs:
+        with torch.no_grad():
+            teacher_feats = self.hybrid.teacher.forward_features(x)
+        student_feats = self.hybrid.student.forward_features(x)
+        return DistillOutputs(x, y, self.hybrid, teacher_feats, student_feats)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        total, terms = self.loss(self.distill_outputs(x, y))
+        self.log("train/loss", total, prog_bar=True)
+        for name, value in terms.items():
+            self.log(f"train/loss/{name}", value)
+        return total
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc(self(x), y)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_acc(self(x), y)
+        self.log("test/acc", self.test_acc)

@@ -1,0 +1,77 @@
+"""What every loss plugin sees: the cached block outputs of one distillation step.
+
+The distillation step runs the teacher once and the student once, keeping the
+output of every block (``DistillOutputs``). Plugins read those; a mixed path
+starts from the cached activation at its first switch instead of re-running
+the shared prefix (``DistillOutputs.mixed_logits``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pwl.hybrid import HybridNet
+
+
+@dataclass
+class DistillOutputs:
+    """One training step's inputs and cached block outputs.
+
+    Attributes:
+        images: normalised inputs (B, C, H, W).
+        labels: class indices (B,).
+        hybrid: the HybridNet (frozen teacher, student, adapters).
+        teacher_feats: teacher block outputs 0..N-1 (last: logits), computed without grad.
+        student_feats: student block outputs 0..N-1 (last: logits), with their graph.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    hybrid: HybridNet
+    teacher_feats: list[torch.Tensor]
+    student_feats: list[torch.Tensor]
+    _mixed: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.hybrid.num_blocks
+
+    @property
+    def teacher_logits(self) -> torch.Tensor:
+        return self.teacher_feats[-1]
+
+    @property
+    def student_logits(self) -> torch.Tensor:
+        return self.student_feats[-1]
+
+    def feats(self, who: str) -> list[torch.Tensor]:
+        return self.teacher_feats if who == "T" else self.student_feats
+
+    def mixed_logits(self, mask: str) -> torch.Tensor:
+        """Logits of ``mask``, continuing from the cached feature before its first switch.
+
+        Results are memoised per step, so two plugins asking for one mask share it.
+        """
+        if mask not in self._mixed:
+            first = mask[0]
+            switch = next((i for i, who in enumerate(mask) if who != first), None)
+            if switch is None:
+                self._mixed[mask] = self.feats(first)[-1]
+            else:
+                cached = self.feats(first)[switch - 1]
+                self._mixed[mask] = self.hybrid.forward_from(switch - 1, cached, mask)
+        return self._mixed[mask]
+
+
+class LossTerm(nn.Module):
+    """A loss plugin: ``forward(outputs) -> scalar tensor``."""
+
+    def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short formula of the term for the start-up log (e.g. ``KL(T=2)``)."""
+        return type(self).__name__

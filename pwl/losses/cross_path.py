@@ -1,0 +1,98 @@
+"""The cross-path loss: mixed masks answer like the teacher and the labels.
+
+Each mixed mask's logits come from ``DistillOutputs.mixed_logits``, which
+continues from the cached activation at the mask's first switch, so a mask
+costs only the blocks after that switch. Random masks use the global torch RNG,
+which Lightning seeds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pwl.errors import ConfigError
+from pwl.losses.base import DistillOutputs, LossTerm
+from pwl.losses.terms import check_temperature, kd_loss
+
+MODES = ("random", "all_prefix", "all_suffix", "sampled")
+TARGETS = ("kd", "ce", "both")
+
+
+def prefix_masks(num_blocks: int) -> list[str]:
+    """Every ``T^k S^(N-k)`` with 0 < k < N."""
+    return ["T" * k + "S" * (num_blocks - k) for k in range(1, num_blocks)]
+
+
+def suffix_masks(num_blocks: int) -> list[str]:
+    """Every ``S^(N-k) T^k`` with 0 < k < N."""
+    return ["S" * (num_blocks - k) + "T" * k for k in range(1, num_blocks)]
+
+
+def random_mixed_mask(num_blocks: int) -> str:
+    """A mask with both S and T blocks.
+
+    Half of the time a single switch point (a prefix or suffix mask, uniformly),
+    otherwise any mask that is neither all-S nor all-T, uniformly.
+    """
+    if torch.rand(()).item() < 0.5:
+        single = prefix_masks(num_blocks) + suffix_masks(num_blocks)
+        return single[torch.randint(len(single), (1,)).item()]
+    while True:
+        bits = torch.randint(2, (num_blocks,)).tolist()
+        if 0 < sum(bits) < num_blocks:
+            return "".join("T" if b else "S" for b in bits)
+
+
+class CrossPath(LossTerm):
+    """KD and/or CE on the logits of mixed masks, averaged over the masks of a step.
+
+    Args:
+        mode: ``random`` (one mask from ``random_mixed_mask``), ``all_prefix``
+            (every T..TS..S), ``all_suffix`` (every S..ST..T) or ``sampled``
+            (``num_masks`` draws of ``random_mixed_mask``, with replacement).
+        target: ``kd`` (teacher's soft labels), ``ce`` (labels) or ``both`` (sum).
+        temperature: of the KD target.
+        num_masks: masks per step in ``sampled`` mode.
+    """
+
+    def __init__(self, mode: str = "random", target: str = "both", temperature: float = 2.0,
+                 num_masks: int = 2) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"mode={mode!r} is unknown; use one of {list(MODES)}")
+        if target not in TARGETS:
+            raise ConfigError(f"target={target!r} is unknown; use one of {list(TARGETS)}")
+        if isinstance(num_masks, bool) or not isinstance(num_masks, int) or num_masks < 1:
+            raise ConfigError(f"num_masks={num_masks!r} must be a positive integer")
+        self.mode = mode
+        self.target = target
+        self.temperature = check_temperature(temperature)
+        self.num_masks = num_masks
+
+    def masks(self, num_blocks: int) -> list[str]:
+        """This step's mixed masks."""
+        if self.mode == "all_prefix":
+            return prefix_masks(num_blocks)
+        if self.mode == "all_suffix":
+            return suffix_masks(num_blocks)
+        draws = self.num_masks if self.mode == "sampled" else 1
+        return [random_mixed_mask(num_blocks) for _ in range(draws)]
+
+    def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        losses = []
+        for mask in self.masks(outputs.num_blocks):
+            logits = outputs.mixed_logits(mask)
+            loss = logits.new_zeros(())
+            if self.target in ("kd", "both"):
+                loss = loss + kd_loss(logits, outputs.teacher_logits, self.temperature)
+            if self.target in ("ce", "both"):
+                loss = loss + F.cross_entropy(logits, outputs.labels)
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
+    def describe(self) -> str:
+        per_mask = {"kd": f"KL(T={self.temperature:g})", "ce": "CE",
+                    "both": f"KL(T={self.temperature:g}) + CE"}[self.target]
+        masks = f"sampled({self.num_masks})" if self.mode == "sampled" else self.mode
+        return f"mean_{{m in {masks}}} [{per_mask}](logits_m)"

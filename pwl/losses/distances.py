@@ -1,0 +1,103 @@
+"""Distances between two batches of features, for the feature loss terms.
+
+Every distance takes two tensors of one shape, feature maps (B, C, H, W) or
+ViT tokens (B, L, D), and returns a scalar: zero when they are equal, positive
+when they differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from pwl.errors import ConfigError
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all elements."""
+    return F.mse_loss(a, b)
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over all elements."""
+    return F.l1_loss(a, b)
+
+
+def smooth_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Huber loss (beta=1) over all elements."""
+    return F.smooth_l1_loss(a, b)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of each sample's flattened features, mean over the batch."""
+    return (1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)).mean()
+
+
+def mse_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mse + cosine``: matches both the magnitude and the direction."""
+    return mse(a, b) + cosine(a, b)
+
+
+def attention_map(x: torch.Tensor) -> torch.Tensor:
+    """Spatial attention: squared activations summed over channels, unit L2 norm per sample.
+
+    Args:
+        x: feature maps (B, C, H, W) or tokens (B, L, D).
+
+    Returns:
+        (B, H*W) or (B, L).
+    """
+    if x.dim() == 4:
+        energy = x.pow(2).sum(1).flatten(1)
+    elif x.dim() == 3:
+        energy = x.pow(2).sum(2)
+    else:
+        raise ConfigError(f"distance 'attention' needs feature maps (B,C,H,W) or tokens "
+                          f"(B,L,D), got shape {tuple(x.shape)}; use distance=mse")
+    return F.normalize(energy, dim=1)
+
+
+def attention(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Attention transfer: squared L2 distance of the attention maps, mean over the batch.
+
+    The maps are normalised, so it ignores the features' scale; it lies in [0, 2].
+    """
+    return (attention_map(a) - attention_map(b)).pow(2).sum(1).mean()
+
+
+def cka(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """1 - linear CKA between the batches' flattened features (needs B >= 2).
+
+    Computed from the (B, B) Gram matrices, which stay small however wide the
+    features are. Invariant to orthogonal transforms and scaling of either side.
+    """
+    # Gram products lose too much precision in half precision.
+    x = a.flatten(1).float()
+    y = b.flatten(1).float()
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    gram_x, gram_y = x @ x.T, y @ y.T
+    similarity = (gram_x * gram_y).sum() / (gram_x.norm() * gram_y.norm()).clamp_min(eps)
+    return 1 - similarity
+
+
+DISTANCES: dict[str, Distance] = {
+    "mse": mse,
+    "cosine": cosine,
+    "mse_cosine": mse_cosine,
+    "l1": l1,
+    "smooth_l1": smooth_l1,
+    "attention": attention,
+    "cka": cka,
+}
+
+
+def get_distance(name: str) -> Distance:
+    """The distance called ``name``; raises ConfigError listing the known ones."""
+    if name not in DISTANCES:
+        raise ConfigError(f"distance {name!r} is unknown; known distances: {list(DISTANCES)}")
+    return DISTANCES[name]

@@ -1,0 +1,142 @@
+"""Loss plugins on the student alone and on the features at the block boundaries.
+
+Notation in the formulas: ``s_i``/``t_i`` are the student's/teacher's outputs of
+block i, ``to_S``/``to_T`` the adapters at boundary i, ``sg`` stop-gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pwl.errors import ConfigError
+from pwl.losses.base import DistillOutputs, LossTerm
+from pwl.losses.distances import get_distance
+
+DIRECTIONS = ("both", "to_student", "to_teacher")
+
+
+def check_temperature(temperature: float) -> float:
+    if not temperature > 0:
+        raise ConfigError(f"temperature={temperature} must be > 0 (2 is the usual choice)")
+    return float(temperature)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes, mean over the batch.
+
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al.).
+
+    Args:
+        student_logits: (B, num_classes), with grad.
+        teacher_logits: (B, num_classes), used as a fixed target.
+    """
+    target = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    log_probs = F.log_softmax(student_logits / temperature, dim=1)
+    kl = F.kl_div(log_probs, target, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class CrossEntropy(LossTerm):
+    """Hard-label cross-entropy of the student's logits."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        return F.cross_entropy(outputs.student_logits, outputs.labels,
+                               label_smoothing=self.label_smoothing)
+
+    def describe(self) -> str:
+        return f"CE(ls={self.label_smoothing:g})" if self.label_smoothing else "CE"
+
+
+class KnowledgeDistillation(LossTerm):
+    """KL divergence from the teacher's soft labels to the student's, at temperature T."""
+
+    def __init__(self, temperature: float = 2.0) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+
+    def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        return kd_loss(outputs.student_logits, outputs.teacher_logits, self.temperature)
+
+    def describe(self) -> str:
+        return f"KL(T={self.temperature:g})"
+
+
+class FeatureSync(LossTerm):
+    """Student and teacher features agree at every boundary, through the adapters.
+
+    Mean over boundaries i < N-1 of ``d(s_i, to_S(t_i))`` (direction ``to_student``)
+    plus ``d(t_i, to_T(s_i))`` (direction ``to_teacher``). Gradients reach the
+    adapters and the student; the teacher's features are fixed targets.
+    """
+
+    def __init__(self, distance: str = "mse", directions: str = "both") -> None:
+        super().__init__()
+        if directions not in DIRECTIONS:
+            raise ConfigError(f"directions={directions!r} is unknown; use one of {list(DIRECTIONS)}")
+        self.distance_name = distance
+        self.distance = get_distance(distance)
+        self.directions = directions
+
+    def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        hybrid = outputs.hybrid
+        losses = []
+        for i in range(outputs.num_blocks - 1):
+            s, t = outputs.student_feats[i], outputs.teacher_feats[i].detach()
+            loss = s.new_zeros(())
+            if self.directions in ("both", "to_student"):
+                loss = loss + self.distance(s, hybrid.convert(i, t, "S"))
+            if self.directions in ("both", "to_teacher"):
+                loss = loss + self.distance(t, hybrid.convert(i, s, "T"))
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
+    def describe(self) -> str:
+        d = self.distance_name
+        parts = {"to_student": f"{d}(s_i, to_S(t_i))", "to_teacher": f"{d}(t_i, to_T(s_i))"}
+        if self.directions != "both":
+            return f"mean_i {parts[self.directions]}"
+        return f"mean_i [{parts['to_student']} + {parts['to_teacher']}]"
+
+
+class FeatureRecon(LossTerm):
+    """The adapters at a boundary invert each other on the features that occur.
+
+    Mean over boundaries of ``d(to_T(to_S(t_i)), t_i) + d(to_S(to_T(sg(s_i))), sg(s_i))``.
+    Boundaries whose adapters are identities are skipped: their round trip is
+    exact by construction and has nothing to learn.
+    """
+
+    def __init__(self, distance: str = "mse") -> None:
+        super().__init__()
+        self.distance_name = distance
+        self.distance = get_distance(distance)
+
+    def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        hybrid = outputs.hybrid
+        losses = []
+        for i in range(outputs.num_blocks - 1):
+            if hybrid.adapters.is_identity(i):
+                continue
+            t = outputs.teacher_feats[i].detach()
+            # The student's feature is detached too: this term constrains the adapters.
+            # With grad into s the student could lower it by shrinking its features
+            # (a linear round trip's error scales with them) instead of learning the task.
+            s = outputs.student_feats[i].detach()
+            t_round_trip = hybrid.convert(i, hybrid.convert(i, t, "S"), "T")
+            s_round_trip = hybrid.convert(i, hybrid.convert(i, s, "T"), "S")
+            losses.append(self.distance(t_round_trip, t) + self.distance(s_round_trip, s))
+        if not losses:
+            return outputs.student_logits.new_zeros(())
+        return torch.stack(losses).mean()
+
+    def describe(self) -> str:
+        d = self.distance_name
+        return f"mean_i [{d}(to_T(to_S(t_i)), t_i) + {d}(to_S(to_T(sg(s_i))), sg(s_i))]"

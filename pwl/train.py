@@ -1,0 +1,116 @@
+"""``python -m pwl.train stage=teacher|distill``: the two training stages.
+
+stage=teacher trains a teacher from scratch and writes ``teacher.safetensors``
+and ``model.yaml`` into the run directory. stage=distill trains the student and
+the adapters against a frozen teacher (``teacher=<teacher run dir or file>``)
+and writes ``hybrid.safetensors`` and ``model.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pwl.build import to_dict
+from pwl.checkpoint import HYBRID_FILE, TEACHER_FILE, save_model_cfg, save_weights
+from pwl.cli import finish_wandb, user_errors_as_one_line
+from pwl.errors import ConfigError
+from pwl.lit import DistillModule, TeacherModule
+
+STAGES = ("teacher", "distill")
+MONITOR = {"teacher": "val/acc", "distill": "stages/prefix_auc"}
+
+
+def _instantiate_all(node: DictConfig | None, **kwargs) -> list[Any]:
+    """Instantiates every ``_target_`` entry of a mapping; ``null`` entries switch one off."""
+    if not node:
+        return []
+    return [hydra.utils.instantiate(v, **kwargs) for v in node.values()
+            if v is not None and "_target_" in v]
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    model_cfg = to_dict(cfg.model)
+    optim = to_dict(cfg.optim)
+    if cfg.stage == "teacher":
+        return TeacherModule(model_cfg, optim, label_smoothing=cfg.get("label_smoothing", 0.0))
+    if not cfg.get("teacher"):
+        raise ConfigError("stage=distill needs teacher=<teacher run directory or "
+                          "teacher.safetensors>; train one first with "
+                          "`python -m pwl.train stage=teacher`")
+    teacher = str(Path(hydra.utils.to_absolute_path(cfg.teacher)))
+    return DistillModule(model_cfg, to_dict(cfg.loss), optim, teacher=teacher)
+
+
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
+    """Fits and tests one stage; returns the logged metrics.
+
+    Args:
+        cfg: the composed ``conf/train.yaml``.
+        extra_callbacks: callbacks added to the configured ones (for programmatic use).
+    """
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage!r}; use one of {list(STAGES)}")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a checkpoint of "
+                          "an earlier run (its checkpoints/last.ckpt) to resume")
+    with open_dict(cfg):
+        cfg.monitor = cfg.get("monitor") or MONITOR[cfg.stage]
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if cfg.stage == "teacher":
+        # Stage curves need a student; a teacher run has none.
+        from pwl.callbacks import StageEval
+        callbacks = [c for c in callbacks if not isinstance(c, StageEval)]
+    callbacks += extra_callbacks or []
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
+                                                 logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if trainer.is_global_zero:
+        if cfg.stage == "teacher":
+            save_weights(module.net, run_dir / TEACHER_FILE, {"format": "pwl-teacher"})
+        else:
+            save_weights(module.hybrid, run_dir / HYBRID_FILE, {"format": "pwl-hybrid"})
+        save_model_cfg(module.model_cfg, run_dir)
+    return metrics
+
+
+@user_errors_as_one_line
+def run(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    finally:
+        finish_wandb()
+    print(f"run directory: {cfg.run_dir}")
+    monitor = cfg.get("optimized_metric")
+    return metrics.get(monitor) if monitor else None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

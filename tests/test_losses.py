@@ -1,0 +1,283 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pwl.build import build_hybrid
+from pwl.errors import ConfigError
+from pwl.hybrid import masks_for_order
+from pwl.losses import (
+    DISTANCES,
+    CrossPath,
+    DistillOutputs,
+    FeatureRecon,
+    FeatureSync,
+    LossTerm,
+    WeightedSum,
+    build_loss,
+    get_distance,
+    kd_loss,
+    random_mixed_mask,
+)
+from pwl.losses.distances import cka
+from tests.conftest import CONF_DIR, compose_cfg, model_cfg
+
+FIXTURE = Path(__file__).parent / "fixtures" / "losses.json"
+# To regenerate after an intended change of the maths:
+#   PWL_UPDATE_LOSS_FIXTURE=1 .venv/bin/python -m pytest -q tests/test_losses.py -k fixture
+UPDATE_FIXTURE = os.environ.get("PWL_UPDATE_LOSS_FIXTURE") == "1"
+PRESETS = sorted(p.stem for p in Path(CONF_DIR, "loss").glob("*.yaml"))
+
+
+def make_hybrid(name="resnet_narrow", **overrides):
+    cfg = model_cfg(name)
+    cfg.update(overrides)
+    return build_hybrid(cfg).train(), cfg["input_shape"]
+
+
+def step_outputs(hybrid, input_shape, batch=8):
+    """One step's cached features, as the distillation module computes them."""
+    images = torch.randn(batch, *input_shape)
+    labels = torch.randint(0, 10, (batch,))
+    with torch.no_grad():
+        teacher_feats = hybrid.teacher.forward_features(images)
+    student_feats = hybrid.student.forward_features(images)
+    return DistillOutputs(images, labels, hybrid, teacher_feats, student_feats)
+
+
+def grads(modules):
+    return [p.grad for m in modules for p in m.parameters()]
+
+
+def loss_cfg(name, *overrides):
+    """The ``loss`` section of the real conf/train.yaml composed with ``loss=<name>``."""
+    return compose_cfg("train", [f"loss={name}", *overrides]).loss
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 5, 5), (8, 9, 6)], ids=["maps", "tokens"])
+@pytest.mark.parametrize("name", list(DISTANCES))
+def test_distance_is_zero_for_identical_and_positive_for_different(name, shape):
+    distance = get_distance(name)
+    a, b = torch.randn(shape), torch.randn(shape)
+    assert distance(a, a.clone()).abs() < 1e-5
+    assert distance(a, b) > 1e-3
+    assert distance(a, b).shape == ()
+
+
+def test_cka_is_unchanged_by_an_orthogonal_rotation_of_the_features():
+    a, c = torch.randn(16, 4, 3, 3), torch.randn(16, 4, 3, 3)
+    q, _ = torch.linalg.qr(torch.randn(36, 36))
+    rotated = (a.flatten(1) @ q).view_as(a)
+    assert F.mse_loss(rotated, a) > 0.1
+    assert cka(a, rotated) < 1e-5
+    assert torch.allclose(cka(rotated, c), cka(a, c), atol=1e-5)
+
+
+def test_attention_rejects_features_that_are_not_maps_or_tokens():
+    with pytest.raises(ConfigError, match=r"attention.*\(8, 5\)"):
+        get_distance("attention")(torch.randn(8, 5), torch.randn(8, 5))
+
+
+def test_kd_is_the_scaled_kl_divergence_of_the_soft_labels():
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    p_t, log_p_s = F.softmax(t / 3, 1), F.log_softmax(s / 3, 1)
+    expected = 9 * (p_t * (p_t.log() - log_p_s)).sum(1).mean()
+    assert torch.allclose(kd_loss(s, t, 3.0), expected, atol=1e-6)
+    assert kd_loss(t, t, 3.0).abs() < 1e-6
+
+
+@pytest.mark.parametrize("directions,reached,untouched", [
+    ("both", ["to_student", "to_teacher"], []),
+    ("to_student", ["to_student"], ["to_teacher"]),
+    ("to_teacher", ["to_teacher"], ["to_student"]),
+])
+def test_feature_sync_trains_the_chosen_adapters_and_the_student(directions, reached, untouched):
+    hybrid, shape = make_hybrid()
+    FeatureSync("mse", directions)(step_outputs(hybrid, shape)).backward()
+    for side in reached:
+        for adapter in getattr(hybrid.adapters, side):
+            assert all(g is not None and g.abs().sum() > 0 for g in grads([adapter]))
+    for side in untouched:
+        assert all(g is None for g in grads(getattr(hybrid.adapters, side)))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads([hybrid.student]))
+    assert all(g is None for g in grads([hybrid.teacher]))
+
+
+@pytest.mark.parametrize("mode,side", [("all_prefix", "to_student"), ("all_suffix", "to_teacher")])
+def test_cross_path_trains_the_adapters_at_every_switch(mode, side):
+    hybrid, shape = make_hybrid()
+    CrossPath(mode, target="both")(step_outputs(hybrid, shape)).backward()
+    for adapter in getattr(hybrid.adapters, side):
+        assert all(g is not None and g.abs().sum() > 0 for g in grads([adapter]))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads([hybrid.student]))
+    assert all(g is None for g in grads([hybrid.teacher]))
+
+
+def test_feature_recon_trains_the_adapters_only():
+    hybrid, shape = make_hybrid()
+    FeatureRecon("mse")(step_outputs(hybrid, shape)).backward()
+    assert all(g is not None and g.abs().sum() > 0 for g in grads([hybrid.adapters]))
+    assert all(g is None for g in grads([hybrid.student, hybrid.teacher]))
+
+
+def test_feature_recon_skips_identity_adapters():
+    hybrid, shape = make_hybrid("resnet", adapter="identity")
+    loss = FeatureRecon("mse")(step_outputs(hybrid, shape))
+    assert loss.item() == 0 and not loss.requires_grad
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", ["resnet_narrow", "vit"])
+def test_cached_prefix_mixed_path_equals_the_full_forward(name, train):
+    # In train mode BatchNorm normalises with the batch's statistics, which are the same
+    # for the same batch whether a block runs in the cached or in the full forward.
+    hybrid, shape = make_hybrid(name)
+    hybrid.train(train)
+    outputs = step_outputs(hybrid, shape)
+    with torch.no_grad():
+        for mask in masks_for_order("all", hybrid.num_blocks):
+            full = hybrid(outputs.images, mask)
+            assert torch.allclose(outputs.mixed_logits(mask), full, atol=1e-5), mask
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds_and_every_term_is_finite(name):
+    cfg = loss_cfg(name)
+    assert cfg.name == name
+    loss = build_loss(cfg.terms)
+    hybrid, shape = make_hybrid()
+    total, values = loss(step_outputs(hybrid, shape))
+    assert list(values) == list(cfg.terms)
+    assert all(torch.isfinite(v) for v in values.values())
+    expected = sum(loss.weights[n] * v for n, v in values.items())
+    assert torch.allclose(total, expected) and total.requires_grad
+    assert str(loss).startswith("loss = 1.0*ce[CE]")
+
+
+def test_presets_hold_the_documented_terms():
+    pwl, pwl_all = loss_cfg("pwl"), loss_cfg("pwl_all")
+    assert list(pwl.terms) == ["ce", "kd", "feature_sync", "feature_recon", "cross_path"]
+    assert pwl.terms.cross_path.mode == "random" and pwl_all.terms.cross_path.mode == "all_prefix"
+    pwl_all.terms.cross_path.mode = "random"
+    assert pwl_all.terms == pwl.terms
+    assert list(loss_cfg("kd").terms) == ["ce", "kd"]
+    assert list(loss_cfg("ce").terms) == ["ce"]
+
+
+@pytest.mark.parametrize("override,formula", [
+    ("loss.terms.feature_sync.distance=cka", "cka(s_i, to_S(t_i))"),
+    ("loss.terms.cross_path.mode=all_suffix", "m in all_suffix"),
+    ("loss.terms.feature_recon.weight=0", "cross_path"),
+])
+def test_command_line_overrides_reach_the_terms(override, formula):
+    loss = build_loss(loss_cfg("pwl", override).terms)
+    assert formula in str(loss)
+    assert ("feature_recon" in loss.active) == ("feature_recon.weight=0" not in override)
+
+
+class Exploding(LossTerm):
+    def forward(self, outputs):
+        raise AssertionError("a term of weight 0 was computed")
+
+
+def test_weighted_sum_skips_zero_weights_and_prints_its_formula():
+    hybrid, shape = make_hybrid()
+    loss = build_loss({"ce": {"weight": 0.5},
+                       "soft": {"plugin": "kd", "weight": 2, "temperature": 4}})
+    loss = WeightedSum({**loss.terms, "off": Exploding()}, {**loss.weights, "off": 0})
+    outputs = step_outputs(hybrid, shape)
+    total, values = loss(outputs)
+    assert list(values) == ["ce", "soft"]
+    assert torch.allclose(values["soft"], kd_loss(outputs.student_logits,
+                                                  outputs.teacher_logits, 4.0))
+    assert torch.allclose(total, 0.5 * values["ce"] + 2 * values["soft"])
+    assert str(loss) == "loss = 0.5*ce[CE] + 2.0*soft[KL(T=4)]"
+
+
+@pytest.mark.parametrize("terms,pattern", [
+    ({"nope": {"weight": 1}}, r"loss.terms.nope: plugin 'nope' is unknown; known plugins: "
+                              r"\['ce', 'kd', 'feature_sync', 'feature_recon', 'cross_path'\]"),
+    ({"x": {"plugin": "kl", "weight": 1}}, r"loss.terms.x: plugin 'kl' is unknown.*'kd'"),
+    ({"feature_sync": {"weight": 1, "distance": "nope"}},
+     r"loss.terms.feature_sync: distance 'nope' is unknown; known distances: \['mse'.*'cka'\]"),
+    ({"kd": {"weight": 1, "temp": 2}},
+     r"loss.terms.kd: unknown key\(s\) \['temp'\] for plugin 'kd'; "
+     r"it accepts \['weight', 'plugin', 'temperature'\]"),
+    ({"kd": {"temperature": 2}}, r"loss.terms.kd has no weight"),
+    ({"kd": {"weight": -1}}, r"loss.terms.kd.weight=-1 must be a number >= 0"),
+    ({"kd": {"weight": 1, "temperature": 0}}, r"loss.terms.kd: temperature=0 must be > 0"),
+    ({"cross_path": {"weight": 1, "mode": "prefix"}},
+     r"loss.terms.cross_path: mode='prefix' is unknown.*'all_prefix'"),
+    ({"cross_path": {"weight": 1, "target": "kl"}}, r"target='kl' is unknown.*'both'"),
+    ({"feature_sync": {"weight": 1, "directions": "up"}}, r"directions='up' is unknown"),
+    ({"ce": {"weight": 0}}, r"no term has a non-zero weight"),
+    ({"ce": 1.0}, r"loss.terms.ce must be a mapping"),
+    ({}, r"loss.terms must be a non-empty mapping"),
+])
+def test_config_errors_name_the_key_and_the_known_values(terms, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build_loss(terms)
+
+
+def test_unknown_distance_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"distance 'l2' is unknown; known distances: "
+                                          r"\['mse', 'cosine', 'mse_cosine', 'l1', 'smooth_l1', "
+                                          r"'attention', 'cka'\]"):
+        get_distance("l2")
+
+
+def test_random_masks_are_mixed_and_half_single_switch():
+    n = 4
+    draws = [random_mixed_mask(n) for _ in range(4000)]
+    mixed = [m for m in masks_for_order("all", n) if "S" in m and "T" in m]
+    assert set(draws) == set(mixed)
+    single = {"TSSS", "TTSS", "TTTS", "SSST", "SSTT", "STTT"}
+    # Half the draws are single switches; the other half is uniform over all 14 mixed
+    # masks, 6 of which are single switches too.
+    share = sum(m in single for m in draws) / len(draws)
+    assert abs(share - (0.5 + 0.5 * 6 / 14)) < 0.03
+
+
+def test_cross_path_modes_choose_their_masks():
+    assert CrossPath("all_prefix").masks(4) == ["TSSS", "TTSS", "TTTS"]
+    assert CrossPath("all_suffix").masks(4) == ["SSST", "SSTT", "STTT"]
+    assert len(CrossPath("random").masks(4)) == 1
+    assert len(CrossPath("sampled", num_masks=3).masks(4)) == 3
+
+
+def pinned_values():
+    """Every term and distance on a fixed tiny model and batch (seeded by conftest)."""
+    hybrid, shape = make_hybrid()
+    outputs = step_outputs(hybrid, shape)
+    terms = {
+        "ce": {"weight": 1},
+        "ce_smooth": {"plugin": "ce", "weight": 1, "label_smoothing": 0.1},
+        "kd": {"weight": 1, "temperature": 2},
+        "feature_recon": {"weight": 1, "distance": "mse"},
+        "cross_all_prefix": {"plugin": "cross_path", "weight": 1, "mode": "all_prefix"},
+        "cross_all_suffix_kd": {"plugin": "cross_path", "weight": 1, "mode": "all_suffix",
+                                "target": "kd"},
+        "cross_random_ce": {"plugin": "cross_path", "weight": 1, "mode": "random",
+                            "target": "ce"},
+        "cross_sampled": {"plugin": "cross_path", "weight": 1, "mode": "sampled",
+                          "num_masks": 3},
+        **{f"feature_sync_{d}": {"plugin": "feature_sync", "weight": 1, "distance": d}
+           for d in DISTANCES},
+    }
+    total, values = build_loss(terms)(outputs)
+    return {"total": total.item(), **{k: v.item() for k, v in values.items()}}
+
+
+def test_loss_values_match_the_pinned_fixture():
+    values = pinned_values()
+    if UPDATE_FIXTURE:
+        FIXTURE.parent.mkdir(exist_ok=True)
+        FIXTURE.write_text(json.dumps(values, indent=2) + "\n")
+    pinned = json.loads(FIXTURE.read_text())
+    assert values.keys() == pinned.keys()
+    for name, value in pinned.items():
+        assert values[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
+            f"{name} changed; if intended, regenerate with PWL_UPDATE_LOSS_FIXTURE=1")

@@ -1,0 +1,108 @@
+"""Training stages through the real Hydra config (shrunk to seconds on CPU)."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pwl.checkpoint import HYBRID_FILE, TEACHER_FILE, load_hybrid, read_model_cfg
+from pwl.train import train
+from tests.conftest import run_module, tiny_train_cfg
+
+
+def _train_teacher(tmp_path: Path, *overrides: str) -> Path:
+    run_dir = tmp_path / "teacher"
+    train(tiny_train_cfg(run_dir, "stage=teacher", *overrides))
+    return run_dir
+
+
+def test_teacher_on_synthetic_data_passes_90_percent(tmp_path):
+    metrics = train(tiny_train_cfg(tmp_path, "stage=teacher", "epochs.teacher=3",
+                                   "data.num_train=1024", "optim.optimizer.lr=0.05"))
+    assert metrics["test/acc"] > 0.9
+    assert (tmp_path / TEACHER_FILE).is_file()
+    assert read_model_cfg(tmp_path / "model.yaml")["teacher"]["widths"] == [8, 16, 16, 32]
+    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+class _Snapshot(L.Callback):
+    """Keeps the teacher state and the student/adapter parameters before fitting."""
+
+    def on_train_start(self, trainer, pl_module):
+        hybrid = pl_module.hybrid
+        self.teacher = {k: v.clone() for k, v in hybrid.teacher.state_dict().items()}
+        self.student = {k: v.clone() for k, v in hybrid.student.named_parameters()}
+        self.adapters = {k: v.clone() for k, v in hybrid.adapters.named_parameters()}
+
+
+def test_distill_freezes_teacher_and_trains_student_and_adapters(tmp_path):
+    teacher_dir = _train_teacher(tmp_path)
+    cfg = tiny_train_cfg(tmp_path / "distill", "stage=distill", f"teacher={teacher_dir}",
+                         "loss=pwl", "trainer.limit_train_batches=4", "logger=csv",
+                         "trainer.log_every_n_steps=1")
+    snap = _Snapshot()
+    metrics = train(cfg, extra_callbacks=[snap])
+
+    hybrid, _ = load_hybrid(tmp_path / "distill")
+    after_teacher = hybrid.teacher.state_dict()
+    assert snap.teacher.keys() == after_teacher.keys()
+    for k, v in snap.teacher.items():   # parameters and BatchNorm buffers, bit for bit
+        assert torch.equal(v, after_teacher[k]), k
+    student = dict(hybrid.student.named_parameters())
+    assert any(not torch.equal(v, student[k]) for k, v in snap.student.items())
+    adapters = dict(hybrid.adapters.named_parameters())
+    changed = [k for k, v in snap.adapters.items() if not torch.equal(v, adapters[k])]
+    assert changed and any("to_student" in k for k in changed)
+    assert any("to_teacher" in k for k in changed)
+
+    from omegaconf import OmegaConf
+    terms = OmegaConf.to_container(cfg.loss.terms)
+    logged = (tmp_path / "distill" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for name in terms:
+        assert f"train/loss/{name}" in logged
+        assert torch.isfinite(torch.tensor(metrics[f"train/loss/{name}"]))
+    assert (tmp_path / "distill" / HYBRID_FILE).is_file()
+
+
+def test_resume_continues_at_the_saved_step(tmp_path):
+    first = tmp_path / "first"
+    train(tiny_train_cfg(first, "stage=teacher", "trainer.limit_train_batches=3", "test=false"))
+    last = first / "checkpoints" / "last.ckpt"
+    saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert saved_step == 3
+
+    seen = {}
+
+    class _StepAtStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["step"] = trainer.global_step
+
+    train(tiny_train_cfg(tmp_path / "second", "stage=teacher", f"ckpt_path={last}",
+                         "epochs.teacher=2", "trainer.limit_train_batches=3", "test=false"),
+          extra_callbacks=[_StepAtStart()])
+    assert seen["step"] == saved_step
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    nope = run_module("pwl.train", "stage=distill", "loss=nope", f"run_dir={tmp_path}",
+                      cwd=tmp_path)
+    assert nope.returncode != 0
+    assert "Traceback" not in nope.stderr
+    assert "loss/nope" in nope.stderr and "pwl" in nope.stderr  # lists the known presets
+
+    no_teacher = run_module("pwl.train", "stage=distill", "data=synthetic", "logger=none",
+                            f"run_dir={tmp_path}", cwd=tmp_path)
+    assert no_teacher.returncode == 2
+    assert "Traceback" not in no_teacher.stderr
+    lines = [ln for ln in no_teacher.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "teacher=" in lines[0]
+
+
+def test_mismatched_teacher_names_file_and_architecture(tmp_path):
+    teacher_dir = _train_teacher(tmp_path, "test=false")
+    result = run_module("pwl.train", "stage=distill", f"teacher={teacher_dir}",
+                        "data=synthetic", "model=resnet", "logger=none",
+                        f"run_dir={tmp_path / 'd'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(teacher_dir / TEACHER_FILE) in result.stderr
+    assert "pwl.models.resnet" in result.stderr
