@@ -3,12 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+EXPERIMENT ?= fmnist_resnet_narrow
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test lint
+.PHONY: help install data test lint reproduce reproduce-all sweep-losses reproduce-cifar10 \
+        reproduce-cifar100 bench-train
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -37,7 +39,31 @@ data: ## Install Debian's dataset-fashion-mnist where apt and root are available
 	fi
 
 test: install ## Run the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Check the code with ruff
 	$(PY) -m ruff check pwl tests experiments
+
+reproduce: install ## Default experiment end to end on Fashion-MNIST (teacher, PWL, KD baseline, stages, bundle, report)
+	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT)
+
+reproduce-all: install ## reproduce for the three architecture families (ResNet, VGG, ViT) on Fashion-MNIST
+	for e in fmnist_resnet_narrow fmnist_vgg fmnist_vit; do \
+	  $(PY) experiments/reproduce.py --experiment $$e || exit 1; done
+
+sweep-losses: install ## Multirun: alignment distances x cross-path modes on the default pair, then a report
+	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --only teacher
+	$(PY) -m pwl.train -m stage=distill experiment=$(EXPERIMENT) logger=csv \
+	  teacher=runs/reproduce/$(EXPERIMENT)/teacher sweep=alignment_losses \
+	  loss.terms.cross_path.mode=random,all_prefix hydra.sweep.dir=multirun/sweep-losses
+	$(PY) experiments/report.py multirun/sweep-losses --out experiments/results/sweep-losses
+
+reproduce-cifar10: install ## CIFAR-10 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
+	$(PY) experiments/reproduce.py --experiment cifar10_resnet trainer=gpu
+
+reproduce-cifar100: install ## CIFAR-100 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
+	$(PY) experiments/reproduce.py --experiment cifar100_resnet trainer=gpu
+
+bench-train: install ## Distill-step images/s: cached mixed paths vs every path from the input
+	$(PY) experiments/bench_train.py --loss pwl_all
+	$(PY) experiments/bench_train.py --loss pwl

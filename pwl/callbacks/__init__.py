@@ -1,0 +1,5 @@
+"""Lightning callbacks of pwl."""
+
+from pwl.callbacks.stage_eval import StageEval
+
+__all__ = ["StageEval"]

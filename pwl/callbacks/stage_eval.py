@@ -1,0 +1,185 @@
+"""StageEval: the accuracy-vs-teacher-blocks curve during training and at test time.
+
+After validation (every ``every_n_epochs`` epochs) the callback evaluates the
+configured masks on the validation split with the shared-prefix evaluator of
+``pwl.stages``, logs ``stages/<order>/k<k>`` and ``stages/prefix_auc``, and
+rewrites ``stages.csv/json/png`` in the run directory with every epoch so far.
+At test time the same goes to ``stages_test.*`` and ``stages_test/...``.
+With a W&B logger it also logs the rows as a table and two line charts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from pwl.errors import ConfigError
+from pwl.stages import (
+    COLUMNS,
+    StageEvaluator,
+    StageResult,
+    StageRow,
+    resolve_masks,
+    write_stages,
+)
+
+SPLITS = ("val", "test")
+
+
+class StageEval(L.Callback):
+    """Evaluates partial-teacher masks of ``pl_module.hybrid`` and records the curve.
+
+    Args:
+        orders: loading orders (prefix, suffix, window, all) and/or explicit masks.
+        every_n_epochs: evaluate after validation every this many epochs.
+        split: the split of the per-epoch curve: ``val`` (the trainer's validation
+            loader, limited like validation) or ``test`` (the data module's test loader).
+        out_dir: where the files go (default: ``trainer.default_root_dir``).
+        log_wandb: log a table and charts when a ``WandbLogger`` is attached.
+    """
+
+    def __init__(self, orders: str | Sequence[str] = ("prefix",), every_n_epochs: int = 1,
+                 split: str = "val", out_dir: str | None = None, log_wandb: bool = True) -> None:
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ConfigError(f"callbacks.stage_eval.every_n_epochs={every_n_epochs} must be >= 1")
+        if split not in SPLITS:
+            raise ConfigError(f"callbacks.stage_eval.split={split!r} is unknown; use one of "
+                              f"{list(SPLITS)}")
+        self.orders = [orders] if isinstance(orders, str) else list(orders)
+        self.every_n_epochs = every_n_epochs
+        self.split = split
+        self.out_dir = out_dir
+        self.log_wandb = log_wandb
+        self.results: dict[str, list[StageResult]] = {"stages": [], "stages_test": []}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        hybrid = getattr(pl_module, "hybrid", None)
+        if hybrid is not None:
+            # A typo in the orders fails here, not after the first training epoch.
+            resolve_masks(self.orders, hybrid.num_blocks)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if self.split == "val":
+            loader, limit, shared = trainer.val_dataloaders, trainer.num_val_batches, True
+        else:
+            # Not the trainer's loader: every process sees the whole split, nothing to sum.
+            loader, limit, shared = _datamodule(trainer).test_dataloader(), None, False
+        self._run(trainer, pl_module, loader, limit, shared, "stages")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._run(trainer, pl_module, trainer.test_dataloaders, trainer.num_test_batches, True,
+                  "stages_test")
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, loader: Any,
+             limit: Any, shared: bool, stem: str) -> None:
+        """Evaluates on ``loader`` and records the result under ``stem``.
+
+        ``shared``: the loader is the trainer's, so each process saw its own shard
+        (DistributedSampler) and counts are summed over processes. As in Lightning's own
+        validation, a shard may repeat a few images so that all shards have one size.
+        """
+        hybrid = getattr(pl_module, "hybrid", None)
+        if hybrid is None:
+            raise ConfigError(f"StageEval needs a module with a .hybrid (HybridNet), got "
+                              f"{type(pl_module).__name__}; remove callbacks.stage_eval for "
+                              "the teacher stage")
+        preprocess = _datamodule(trainer).preprocess
+        if isinstance(loader, (list, tuple)):
+            loader, limit = loader[0], (limit[0] if limit else None)
+        elif isinstance(limit, (list, tuple)):
+            limit = limit[0] if limit else None
+        evaluator = StageEvaluator(hybrid, self.orders)
+        was_training = hybrid.training
+        hybrid.eval()
+        try:
+            # The trainer's precision context (e.g. bf16 autocast), as in its own validation.
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                for b, (images, labels) in enumerate(loader):
+                    if limit is not None and b >= limit:
+                        break
+                    images = preprocess(images.to(pl_module.device), train=False)
+                    evaluator.update(images, labels.to(pl_module.device))
+        finally:
+            hybrid.train(was_training)
+        counts = evaluator.counts()
+        if shared:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        if not evaluator.num_images(counts):
+            rank_zero_warn(f"StageEval: no {stem} batches to evaluate; nothing recorded")
+            return
+        result = evaluator.result(trainer.current_epoch, counts)
+        self._record(stem, result)
+
+        # The values are already reduced over processes, so the sync is a mean of equal numbers.
+        pl_module.log_dict(result.scalars(stem), sync_dist=True)
+        if trainer.is_global_zero:
+            split = self.split if stem == "stages" else "test"
+            out_dir = Path(self.out_dir or trainer.default_root_dir)
+            write_stages(self.results[stem], out_dir, stem, meta={"split": split})
+            if self.log_wandb:
+                for logger in trainer.loggers:
+                    if isinstance(logger, WandbLogger):
+                        log_stages_to_wandb(logger, result.rows, stem, trainer.global_step)
+
+    def _record(self, stem: str, result: StageResult) -> None:
+        """Keeps one evaluation per epoch: a repeated validation in an epoch replaces it."""
+        kept = [r for r in self.results[stem] if r.epoch != result.epoch]
+        self.results[stem] = [*kept, result]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The curve so far, so a resumed run keeps the earlier epochs in its files."""
+        return {stem: [asdict(res) for res in results] for stem, results in self.results.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.results = {
+            stem: [StageResult(**{**res, "rows": [StageRow(**r) for r in res["rows"]]})
+                   for res in results]
+            for stem, results in state_dict.items()}
+
+
+def _datamodule(trainer: L.Trainer) -> Any:
+    """The trainer's pwl data module: StageEval preprocesses raw batches with it."""
+    dm = trainer.datamodule
+    if not hasattr(dm, "preprocess"):
+        raise ConfigError("StageEval needs a pwl data module (with preprocess) passed to the "
+                          f"trainer as datamodule=, got {type(dm).__name__}")
+    return dm
+
+
+def log_stages_to_wandb(logger: WandbLogger, rows: Sequence[StageRow], prefix: str,
+                        step: int) -> None:
+    """Logs the rows as ``<prefix>/table`` and two line charts (one series per order):
+    accuracy vs teacher blocks loaded (mean over masks with the same k) and vs MB loaded."""
+    import wandb
+
+    table = wandb.Table(columns=list(COLUMNS), data=[list(asdict(r).values()) for r in rows])
+    orders = list(dict.fromkeys(r.order for r in rows))
+    by_k = []
+    for order in orders:
+        ks = sorted({r.k for r in rows if r.order == order})
+        for k in ks:
+            accs = [r.accuracy for r in rows if r.order == order and r.k == k]
+            by_k.append([order, k, sum(accs) / len(accs)])
+    by_mb = [[r.order, r.bytes_loaded / 2**20, r.accuracy]
+             for r in sorted(rows, key=lambda r: (orders.index(r.order), r.bytes_loaded))]
+    k_table = wandb.Table(columns=["order", "teacher_blocks", "accuracy"], data=by_k)
+    mb_table = wandb.Table(columns=["order", "mb_loaded", "accuracy"], data=by_mb)
+    logger.log_metrics({
+        f"{prefix}/table": table,
+        f"{prefix}/accuracy_vs_teacher_blocks": wandb.plot.line(
+            k_table, "teacher_blocks", "accuracy", stroke="order",
+            title="accuracy vs teacher blocks loaded"),
+        f"{prefix}/accuracy_vs_mb_loaded": wandb.plot.line(
+            mb_table, "mb_loaded", "accuracy", stroke="order",
+            title="accuracy vs MB of teacher weights loaded"),
+    }, step=step)

@@ -1,0 +1,178 @@
+"""``python -m pwl.evaluate checkpoint=<run dir | .ckpt | bundle dir>``: the stage curve.
+
+Evaluates the loading orders of a trained hybrid on the test split with the
+shared-prefix evaluator and writes ``stages.csv``, ``stages.json`` and
+``stages.png`` into the Hydra run directory (or ``out=``).
+
+The data config is the one the model was trained with when the run saved it
+(``<run dir>/.hydra/config.yaml`` or a bundle manifest's ``data``); a ``data=``
+or ``data.*`` override on the command line replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from pwl.checkpoint import load_hybrid
+from pwl.cli import user_errors_as_one_line
+from pwl.errors import CheckpointError, ConfigError, PWLError
+from pwl.stages import StageResult, evaluate_stages, resolve_masks, write_stages
+
+DATA_OVERRIDE = re.compile(r"^[+~]*data([.=]|$)")
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory of a checkpoint: the directory itself, or the .ckpt's run."""
+    if checkpoint.is_dir():
+        return checkpoint
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def saved_data_cfg(checkpoint: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The data config a model was trained with, and the file it came from, if saved."""
+    manifest = checkpoint / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text()).get("data")
+        return (data, manifest) if data else (None, None)
+    config = run_dir_of(checkpoint) / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None, None
+    full = OmegaConf.load(config)
+    if "data" not in full:
+        return None, None
+    try:
+        return OmegaConf.to_container(full.data, resolve=True), config
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve the data section of {config}: "
+                          f"{str(e).splitlines()[0]}; pass data=<name> instead") from None
+
+
+def data_overridden() -> bool:
+    """True if the command line chose the data config (``data=...`` or ``data.key=...``)."""
+    if not HydraConfig.initialized():
+        return False
+    return any(DATA_OVERRIDE.match(o) for o in HydraConfig.get().overrides.task)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is unknown; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def build_datamodule(data_cfg: dict[str, Any], batch_size: int | None) -> Any:
+    if batch_size:
+        data_cfg = {**data_cfg, "eval_batch_size": batch_size}
+    try:
+        dm = hydra.utils.instantiate(data_cfg)
+    except hydra.errors.InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, PWLError):
+            raise cause from None
+        raise ConfigError(f"data: {cause}") from None
+    dm.setup("test")
+    return dm
+
+
+def preprocessed(dm: Any, loader: Any, device: torch.device, limit: int | None,
+                 description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches on ``device``, normalised as at evaluation, with a progress bar."""
+    total = min(len(loader), limit) if limit else len(loader)
+    for b, (images, labels) in enumerate(track(loader, description=description, total=total,
+                                               transient=True)):
+        if b >= total:
+            break
+        yield dm.preprocess(images.to(device), train=False), labels.to(device)
+
+
+def print_result(result: StageResult, paths: dict[str, Path], console: Console) -> None:
+    table = Table(title=f"stages on {result.samples} images")
+    for col in ("order", "k", "mask", "accuracy", "teacher MB", "ms/batch"):
+        table.add_column(col, justify="left" if col in ("order", "mask") else "right")
+    for r in result.rows:
+        table.add_row(r.order, str(r.k), r.mask, f"{r.accuracy:.4f}",
+                      f"{r.bytes_loaded / 2**20:.2f}", f"{r.ms_per_batch:.1f}")
+    console.print(table)
+    if result.prefix_auc is not None:
+        console.print(f"prefix AUC (mean accuracy, k=0..N): {result.prefix_auc:.4f}")
+    console.print(f"blocks run: {result.block_runs} (one forward per mask would run "
+                  f"{result.naive_block_runs})")
+    console.print("wrote:")
+    for path in paths.values():
+        console.print(f"  {path}", soft_wrap=True)
+
+
+def evaluate(cfg: DictConfig) -> StageResult:
+    """Runs the evaluation that ``conf/evaluate.yaml`` describes and writes the files."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError("checkpoint is not set; pass checkpoint=<distill run dir, .ckpt or "
+                          "bundle dir>")
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split!r} is unknown; use test or val")
+    if not cfg.out and not HydraConfig.initialized():
+        raise ConfigError("out is not set and there is no Hydra run directory; pass out=<dir>")
+    out_dir = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
+    checkpoint = Path(cfg.checkpoint).expanduser()
+    if not checkpoint.exists():
+        raise CheckpointError(f"checkpoint={checkpoint} does not exist; pass a distill run "
+                              "directory, a Lightning .ckpt or a bundle directory")
+    device = resolve_device(cfg.device)
+    hybrid, model_cfg = load_hybrid(checkpoint)
+    orders = list(cfg.orders)
+    resolve_masks(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
+
+    data_cfg, source = (None, None) if data_overridden() else saved_data_cfg(checkpoint)
+    if data_cfg is None:
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = build_datamodule(data_cfg, cfg.batch_size)
+    if list(dm.input_shape) != list(model_cfg["input_shape"]):
+        raise ConfigError(f"the data gives images of shape {list(dm.input_shape)} but the model "
+                          f"expects {list(model_cfg['input_shape'])}; pass the data config it "
+                          "was trained with (data=<name>)")
+
+    console = Console()
+    console.print(f"evaluating {checkpoint} on {dm.name} {cfg.split} on {device} "
+                  f"(data config: {source or 'data=' + dm.name})", soft_wrap=True)
+    hybrid.to(device)
+    loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()
+    batches = preprocessed(dm, loader, device, cfg.limit_batches, f"stages ({cfg.split})")
+    result = evaluate_stages(hybrid, batches, orders)
+
+    meta = {"split": cfg.split, "checkpoint": str(checkpoint), "model": model_cfg.get("name")}
+    paths = write_stages([result], out_dir, meta=meta)
+    print_result(result, paths, console)
+    return result
+
+
+@user_errors_as_one_line
+def run(cfg: DictConfig) -> float | None:
+    """Evaluates and returns the prefix AUC (for sweepers); user errors exit 2 in one line."""
+    return evaluate(cfg).prefix_auc
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Console-script entry point (``pwl-evaluate``)."""
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
