@@ -28,13 +28,16 @@ def compose_cfg(config_name: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=config_name, overrides=overrides)
 
 
-def tiny_train_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    """conf/train.yaml on synthetic data, small models, CPU, no logger, in ``tmp_path``."""
-    return compose_cfg("train", [
-        "data=synthetic", "data.num_train=512", "data.num_test=256", "data.val_size=128",
+# conf/train.yaml shrunk to seconds: synthetic data, small models, CPU, no logger.
+TINY = ["data=synthetic", "data.num_train=512", "data.num_test=256", "data.val_size=128",
         "model=resnet_narrow", "model.teacher.widths=[8,16,16,32]",
-        "model.student.widths=[4,8,8,16]", "trainer=cpu", "epochs.teacher=1", "epochs.distill=1",
-        "logger=none", f"run_dir={tmp_path}", *overrides])
+        "model.student.widths=[4,8,8,16]", "trainer=cpu", "epochs.teacher=1",
+        "epochs.distill=1", "logger=none"]
+
+
+def tiny_train_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The TINY training config writing into ``tmp_path``."""
+    return compose_cfg("train", [*TINY, f"run_dir={tmp_path}", *overrides])
 
 
 def run_module(*args: str, cwd: Path | None = None, timeout: int = 300):

@@ -1,0 +1,232 @@
+"""Tables and plots of the paper's layout from run and multirun directories.
+
+    python experiments/report.py RUN_OR_MULTIRUN_DIR [...] --out DIR [--split test|val]
+
+Every run directory below the given ones that holds ``stages_test.csv`` (test
+split, from the end of training or ``pwl.evaluate``) or ``stages.csv``
+(validation curve per epoch; its last epoch is used) becomes one column.
+Columns are named by what sets the runs apart: the Hydra overrides that differ
+between them, else the experiment, model and loss names.
+
+Writes ``report.md`` (a table per loading order: rows student, T1->S2..., ...,
+teacher), ``report.csv`` (the same numbers, tidy), ``accuracy_vs_k.png`` and
+``accuracy_vs_mb.png`` (every mask, with each run's Pareto front marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ORDER_TITLES = {"prefix": "Prefix loading (teacher blocks from the input side)",
+                "suffix": "Suffix loading (teacher blocks from the output side)",
+                "window": "Window loading (one contiguous run of teacher blocks)",
+                "custom": "Other masks"}
+
+
+@dataclass
+class Run:
+    path: Path
+    rows: list[dict]
+    config: dict = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    label: str = ""
+
+
+def _read_yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: Path, split: str) -> Run | None:
+    files = {"test": ["stages_test.csv", "stages.csv"], "val": ["stages.csv"]}[split]
+    for name in files:
+        path = run_dir / name
+        if path.is_file():
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+            if not rows:
+                continue
+            last = max(int(r["epoch"]) for r in rows)
+            rows = [r for r in rows if int(r["epoch"]) == last]
+            for r in rows:
+                r["k"], r["accuracy"] = int(r["k"]), float(r["accuracy"])
+                r["bytes_loaded"] = int(r["bytes_loaded"])
+            hydra_dir = run_dir / ".hydra"
+            if not hydra_dir.is_dir() and (run_dir.parent / ".hydra").is_dir():
+                hydra_dir = run_dir.parent / ".hydra"
+            config = _read_yaml(hydra_dir / "config.yaml") or {}
+            if config.get("checkpoint"):  # an evaluation: describe the run it evaluated
+                source = Path(config["checkpoint"])
+                source = source if source.is_dir() else source.parent
+                config = {**(_read_yaml(source / ".hydra" / "config.yaml") or {}), **config}
+            return Run(run_dir, rows, config, _read_yaml(hydra_dir / "overrides.yaml") or [])
+    return None
+
+
+def find_runs(roots: list[Path], split: str) -> list[Run]:
+    seen, runs = set(), []
+    for root in roots:
+        if not root.exists():
+            sys.exit(f"error: {root} does not exist")
+        for csv_path in sorted(root.rglob("stages*.csv")):
+            run_dir = csv_path.parent
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            run = load_run(run_dir, split)
+            if run:
+                runs.append(run)
+    return runs
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Names each run by the overrides that differ between runs."""
+    ignore = ("hydra.", "run_dir", "teacher=", "checkpoint=", "out=")
+    sets = [{o for o in r.overrides if not o.startswith(ignore)} for r in runs]
+    common = set.intersection(*sets) if sets else set()
+    for run, s in zip(runs, sets):
+        distinct = sorted(s - common)
+        if distinct:
+            run.label = " ".join(distinct)
+        else:
+            cfg = run.config
+            parts = [cfg.get("model", {}).get("name"), cfg.get("loss", {}).get("name")]
+            run.label = "/".join(p for p in parts if p) or run.path.name
+    counts: dict[str, int] = {}
+    for run in runs:  # keep labels unique
+        counts[run.label] = counts.get(run.label, 0) + 1
+        if counts[run.label] > 1:
+            run.label = f"{run.label} ({run.path.name})"
+
+
+def row_name(mask: str, order: str) -> str:
+    n, k = len(mask), mask.count("T")
+    if k == 0:
+        return f"student ({mask})"
+    if k == n:
+        return f"teacher ({mask})"
+    teacher = [str(i + 1) for i, m in enumerate(mask) if m == "T"]
+    student = [str(i + 1) for i, m in enumerate(mask) if m == "S"]
+    return f"T{','.join(teacher)} + S{','.join(student)} ({mask})"
+
+
+def markdown(runs: list[Run]) -> str:
+    out = ["# Accuracy at every partial-teacher stage", "",
+           "Accuracy (%) on the evaluation split; one column per run.", ""]
+    for r in runs:
+        out.append(f"- **{r.label}**: `{r.path}`")
+    orders = [o for o in ORDER_TITLES if any(row["order"] == o for r in runs for row in r.rows)]
+    for order in orders:
+        masks: dict[str, int] = {}
+        for r in runs:
+            for row in r.rows:
+                if row["order"] == order:
+                    masks.setdefault(row["mask"], row["k"])
+        out += ["", f"## {ORDER_TITLES[order]}", "",
+                "| stage | k | " + " | ".join(r.label for r in runs) + " |",
+                "|---|---|" + "---|" * len(runs)]
+        for mask, k in sorted(masks.items(), key=lambda mk: (len(mk[0]), mk[1])):
+            cells = []
+            for r in runs:
+                acc = next((row["accuracy"] for row in r.rows
+                            if row["order"] == order and row["mask"] == mask), None)
+                cells.append("" if acc is None else f"{100 * acc:.2f}")
+            out.append(f"| {row_name(mask, order)} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both fewer bytes and higher accuracy, by bytes."""
+    front, best = [], -1.0
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plots(runs: list[Run], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in runs:
+        for order in ("prefix", "suffix", "window"):
+            rows = sorted((row for row in r.rows if row["order"] == order), key=lambda x: x["k"])
+            if order == "window":  # best window per k
+                by_k: dict[int, float] = {}
+                for row in rows:
+                    by_k[row["k"]] = max(by_k.get(row["k"], 0), row["accuracy"])
+                xs, ys = list(by_k), list(by_k.values())
+            else:
+                xs, ys = [row["k"] for row in rows], [row["accuracy"] for row in rows]
+            if xs:
+                ax.plot(xs, [100 * y for y in ys], marker="o",
+                        linestyle={"prefix": "-", "suffix": "--", "window": ":"}[order],
+                        label=f"{r.label} · {order}")
+    ax.set_xlabel("teacher blocks loaded (k)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_k.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in runs:
+        pts = {(row["bytes_loaded"] / 1e6, 100 * row["accuracy"]) for row in r.rows}
+        line = ax.scatter(*zip(*pts), s=14, alpha=0.5, label=f"{r.label} · masks")
+        front = pareto(list(pts))
+        ax.plot(*zip(*front), color=line.get_facecolor()[0], marker="D", markersize=4,
+                linewidth=1.2, label=f"{r.label} · Pareto front")
+    ax.set_xlabel("MB of teacher weights loaded beyond the student")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_mb.png", dpi=120)
+    plt.close(fig)
+
+
+def write_csv(runs: list[Run], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "path", "order", "k", "mask", "accuracy", "bytes_loaded"])
+        for r in runs:
+            for row in r.rows:
+                w.writerow([r.label, r.path, row["order"], row["k"], row["mask"],
+                            row["accuracy"], row["bytes_loaded"]])
+
+
+def report(roots: list[Path], out: Path, split: str = "test") -> list[Run]:
+    runs = find_runs(roots, split)
+    if not runs:
+        sys.exit(f"error: no stages.csv or stages_test.csv under {[str(r) for r in roots]}; "
+                 "train with stage=distill or run `python -m pwl.evaluate` first")
+    label_runs(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(runs))
+    write_csv(runs, out / "report.csv")
+    plots(runs, out)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the report")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="test: stages_test.csv when present; val: last epoch of stages.csv")
+    args = parser.parse_args(argv)
+    runs = report(args.dirs, args.out, args.split)
+    print(f"{len(runs)} runs -> {args.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
