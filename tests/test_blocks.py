@@ -25,3 +25,12 @@ def test_unit_bytes_cover_the_whole_network():
     covered = {k for i in range(net.num_blocks) for k in keys
                if k.startswith(tuple(net.unit_prefixes(i)))}
     assert covered == keys
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_every_model_builds_on_the_meta_device(name):
+    from pwl.build import build_net
+
+    with torch.device("meta"):
+        net = build_net(model_cfg(name)["teacher"], "teacher")
+    assert all(p.device.type == "meta" for p in net.parameters())

@@ -62,7 +62,8 @@ def vit(img_size: int = 32, patch_size: int = 4, in_chans: int = 3, num_classes:
     if embed_dim % num_heads:
         raise ConfigError(f"model: embed_dim={embed_dim} is not a multiple of "
                           f"num_heads={num_heads}")
-    dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+    # Built on the CPU so the model can also be built under a meta-device context.
+    dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
     layers = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i])
               for i in range(depth)]
     blocks, start = [], 0
