@@ -1,0 +1,259 @@
+"""Load-time benchmark: how much sooner, and in how much less memory, the bundle answers.
+
+    python -m pwl.bench                          # random-weight ViT-B/16 pair, 224 px, N=4
+    python -m pwl.bench bundle=<dir>             # and a trained bundle
+    python -m pwl.bench random_pair=false bundle=<dir> bandwidths=[null,20MB]
+
+For every target and read rate it measures, each variant in a fresh process
+(``pwl.runtime.measure``): (a) the whole teacher from one safetensors file,
+(b) the whole teacher through ``torch.load`` of a Lightning-style checkpoint,
+(c) the bundle, student first. Times to first answer and peak memory are given
+as ratios to (a), beside the bytes ratio (bytes read before the first answer
+over the teacher file's), the floor a loader could reach. The bundle also
+checks the sha256 of every file it reads; the whole-teacher variants do not.
+``bench.csv`` and ``bench.json`` go to the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning
+import torch
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from pwl.blocks import BlockNet
+from pwl.build import build_hybrid
+from pwl.errors import ConfigError, PWLError
+from pwl.runtime.bundle import (
+    STUDENT_FILE,
+    export_bundle,
+    load_bundle_hybrid,
+    module_tensors,
+    read_manifest,
+)
+from pwl.runtime.cli import human_bytes, make_console, run_dir, run_entry
+from pwl.runtime.measure import CKPT_PREFIX, VARIANTS
+from pwl.runtime.storage import parse_bandwidth
+
+COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
+           "first_answer_ratio", "peak_mb", "peak_ratio", "full_answer_s", "full_peak_mb",
+           "same_logits")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A teacher in three forms: a bundle, one safetensors file, a Lightning-style checkpoint."""
+
+    name: str
+    bundle: Path
+    teacher_file: Path
+    ckpt_file: Path
+    model_cfg: dict[str, Any]
+
+    def path(self, variant: str) -> Path:
+        return {"teacher_safetensors": self.teacher_file, "teacher_ckpt": self.ckpt_file,
+                "bundle": self.bundle}[variant]
+
+    def files(self, variant: str) -> list[Path]:
+        path = self.path(variant)
+        return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def write_reference_files(teacher: BlockNet, model_cfg: Mapping[str, Any], out_dir: Path
+                          ) -> tuple[Path, Path]:
+    """The teacher as one safetensors file and as a Lightning-style checkpoint."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = module_tensors(teacher)
+    st_path, ckpt_path = out_dir / "teacher.safetensors", out_dir / "teacher.ckpt"
+    save_file(tensors, str(st_path))
+    torch.save({"state_dict": {CKPT_PREFIX + k: v for k, v in tensors.items()},
+                "hyper_parameters": {"model_cfg": dict(model_cfg)},
+                "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": lightning.__version__}, ckpt_path)
+    return st_path, ckpt_path
+
+
+def bundle_target(bundle: Path, workdir: Path) -> Target:
+    """A target from an exported bundle; its teacher is also written whole into ``workdir``."""
+    hybrid, model_cfg = load_bundle_hybrid(bundle)
+    st_path, ckpt_path = write_reference_files(hybrid.teacher, model_cfg, workdir)
+    return Target(bundle.name or str(bundle), bundle, st_path, ckpt_path, model_cfg)
+
+
+def random_pair_cfg(pair: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config of a ViT teacher/student pair from ``bench.pair``."""
+    common = {"_target_": "pwl.models.vit", "img_size": pair["img_size"],
+              "patch_size": pair["patch_size"], "in_chans": 3,
+              "num_classes": pair["num_classes"], "num_blocks": pair["num_blocks"]}
+    teacher, student = dict(pair["teacher"]), dict(pair["student"])
+    return {"name": (f"vit{teacher['embed_dim']}x{teacher['depth']}-"
+                     f"vit{student['embed_dim']}x{student['depth']}-random"),
+            "adapter": "linear", "input_shape": [3, pair["img_size"], pair["img_size"]],
+            "teacher": {**common, **teacher}, "student": {**common, **student}}
+
+
+def random_pair_target(pair: Mapping[str, Any], workdir: Path) -> Target:
+    """A random-weight pair written as a bundle and as whole-teacher files into ``workdir``."""
+    model_cfg = random_pair_cfg(pair)
+    hybrid = build_hybrid(model_cfg).eval()
+    bundle = export_bundle(hybrid, model_cfg, workdir / "bundle")
+    st_path, ckpt_path = write_reference_files(hybrid.teacher, model_cfg, workdir)
+    return Target(model_cfg["name"], bundle, st_path, ckpt_path, model_cfg)
+
+
+def evict(paths: Iterable[Path]) -> None:
+    """Drops files from the page cache, so the next read comes from the storage."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run_variant(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Runs ``pwl.runtime.measure`` in a fresh process and returns its result."""
+    proc = subprocess.run([sys.executable, "-m", "pwl.runtime.measure", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PWLError(f"measuring {spec['variant']} on {spec['path']} failed "
+                       f"(exit {proc.returncode}): {tail}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for message in result.get("warnings", []):
+        # e.g. a model that cannot be built on meta: its numbers include a full allocation
+        warnings.warn(f"{spec['variant']}: {message}", stacklevel=2)
+    return result
+
+
+def _median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    result = dict(runs[0])
+    for key in ("first_answer_s", "peak_bytes", "full_answer_s", "full_peak_bytes"):
+        result[key] = statistics.median(r[key] for r in runs)
+    return result
+
+
+def measure_target(target: Target, bandwidth: float | str | None = None, mmap: bool = False,
+                   cold: bool = True, full: bool = True, threads: int | None = None,
+                   repeats: int = 1) -> list[dict[str, Any]]:
+    """One row per variant: times, peaks, and their ratios to ``teacher_safetensors``."""
+    rate = parse_bandwidth(bandwidth)
+    manifest = read_manifest(target.bundle)
+    teacher_bytes = target.teacher_file.stat().st_size
+    first_bytes = {"teacher_safetensors": teacher_bytes,
+                   "teacher_ckpt": target.ckpt_file.stat().st_size,
+                   "bundle": manifest["files"][STUDENT_FILE]["bytes"]}
+    results = {}
+    for variant in VARIANTS:
+        runs = []
+        for _ in range(repeats):
+            if cold:
+                evict(target.files(variant))
+            runs.append(run_variant({"variant": variant, "path": str(target.path(variant)),
+                                     "model_cfg": target.model_cfg, "bandwidth": rate,
+                                     "mmap": mmap, "full": full, "threads": threads}))
+        results[variant] = _median_run(runs)
+    ref = results["teacher_safetensors"]
+    rows = []
+    for variant, r in results.items():
+        rows.append({
+            "target": target.name,
+            "bandwidth": human_bytes(rate) + "/s" if rate else "none",
+            "variant": variant,
+            "bytes_read": first_bytes[variant],
+            "bytes_ratio": first_bytes[variant] / teacher_bytes,
+            "first_answer_s": r["first_answer_s"],
+            "first_answer_ratio": r["first_answer_s"] / ref["first_answer_s"],
+            "peak_mb": r["peak_bytes"] / 2**20,
+            "peak_ratio": r["peak_bytes"] / max(ref["peak_bytes"], 1),
+            "full_answer_s": r["full_answer_s"],
+            "full_peak_mb": r["full_peak_bytes"] / 2**20,
+            # The all-teacher answer must not depend on how the weights were loaded.
+            "same_logits": r["full_logits"] == ref["full_logits"],
+        })
+    return rows
+
+
+def results_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="time to first answer and peak memory; x: ratio to teacher_safetensors")
+    for name in ("target", "bandwidth", "variant", "read", "bytes x", "first answer", "x",
+                 "peak MB", "x", "all-T answer", "all-T peak MB", "same"):
+        table.add_column(name, justify="left" if name in ("target", "variant") else "right")
+    for r in rows:
+        table.add_row(r["target"], r["bandwidth"], r["variant"], human_bytes(r["bytes_read"]),
+                      f"{r['bytes_ratio']:.3f}", f"{r['first_answer_s']:.3f} s",
+                      f"{r['first_answer_ratio']:.3f}", f"{r['peak_mb']:.1f}",
+                      f"{r['peak_ratio']:.3f}", f"{r['full_answer_s']:.3f} s",
+                      f"{r['full_peak_mb']:.1f}", "yes" if r["same_logits"] else "[red]NO[/red]")
+    return table
+
+
+def write_results(rows: Sequence[dict[str, Any]], out: Path) -> None:
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench.json").write_text(json.dumps(list(rows), indent=2) + "\n")
+
+
+def bench(cfg: DictConfig) -> list[dict[str, Any]]:
+    if not cfg.bundle and not cfg.random_pair:
+        raise ConfigError("nothing to measure: pass bundle=<dir> or leave random_pair=true")
+    bandwidths = OmegaConf.to_container(cfg.bandwidths) if OmegaConf.is_config(
+        cfg.bandwidths) else [cfg.bandwidths]
+    for bw in bandwidths:
+        parse_bandwidth(bw, "bandwidths")
+    if cfg.repeats < 1:
+        raise ConfigError(f"repeats={cfg.repeats} must be at least 1")
+    console = make_console()
+    out = run_dir()
+    workdir = Path(to_absolute_path(cfg.workdir)) if cfg.workdir else None
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="pwl-bench-", dir=workdir) as tmp:
+        targets = []
+        if cfg.bundle:
+            bundle = Path(to_absolute_path(cfg.bundle))
+            console.print(f"writing the teacher of {bundle} as whole files ...")
+            targets.append(bundle_target(bundle, Path(tmp) / "bundle-target"))
+        if cfg.random_pair:
+            console.print("building and writing the random-weight pair ...")
+            targets.append(random_pair_target(OmegaConf.to_container(cfg.pair),
+                                              Path(tmp) / "random-pair"))
+        for target in targets:
+            for bw in bandwidths:
+                console.print(f"measuring {target.name} at bandwidth {bw or 'none'} ...")
+                rows += measure_target(target, bw, cfg.mmap, cfg.cold, cfg.full, cfg.threads,
+                                       cfg.repeats)
+    write_results(rows, out)
+    console.print(results_table(rows))
+    console.print(f"bench.csv and bench.json in {out}")
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    run_entry(bench, cfg)
+
+
+if __name__ == "__main__":
+    main()

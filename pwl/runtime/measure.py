@@ -1,0 +1,162 @@
+"""Time to first answer and peak memory of one way of loading a model, in a fresh process.
+
+``pwl.bench`` runs every variant as ``python -m pwl.runtime.measure '<json spec>'``
+so that memory peaks of different variants never mix; the result is printed
+as one JSON line. The clock starts after imports (the same for every variant)
+and stops when the logits of one image are computed.
+
+Variants:
+    teacher_safetensors: the whole teacher from one safetensors file.
+    teacher_ckpt: the whole teacher through ``torch.load`` of a Lightning-style
+        checkpoint (``state_dict`` with ``net.`` keys, ``hyper_parameters``).
+    bundle: ``ProgressiveModel.open`` of a bundle, the student answering first;
+        with ``full`` it then loads every teacher block and answers again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pwl.blocks import BlockNet
+from pwl.errors import ConfigError, PWLError
+from pwl.runtime.bundle import assign_tensors, build_on_meta, import_builders
+from pwl.runtime.progressive import ProgressiveModel
+from pwl.runtime.storage import Pacer, parse_bandwidth, read_file
+
+VARIANTS = ("teacher_safetensors", "teacher_ckpt", "bundle")
+CKPT_PREFIX = "net."
+
+
+def memory_status() -> dict[str, int]:
+    """Resident size now (VmRSS) and its high-water mark (VmHWM), in bytes; {} off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def reset_peak() -> None:
+    """Resets VmHWM to the current resident size (Linux >= 4.0), so imports do not count."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the mark then includes the import-time peak, a little above the baseline
+
+
+def logits_digest(logits: torch.Tensor) -> str:
+    return hashlib.sha256(logits.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def load_teacher_safetensors(path: Path, model_cfg: dict[str, Any], pacer: Pacer,
+                             mmap: bool) -> BlockNet:
+    """The teacher from one safetensors file (built on meta, tensors assigned)."""
+    from safetensors.torch import load, load_file
+
+    if mmap:
+        read_file(path, pacer, keep=False, digest=False)
+        tensors = load_file(str(path))
+    else:
+        data, _ = read_file(path, pacer, digest=False)
+        tensors = load(data)
+    teacher = build_on_meta(model_cfg["teacher"], "teacher")
+    assign_tensors(teacher, tensors, path)
+    return teacher.eval()
+
+
+def load_teacher_ckpt(path: Path, model_cfg: dict[str, Any], pacer: Pacer,
+                      mmap: bool) -> BlockNet:
+    """The teacher from a Lightning-style checkpoint through ``torch.load``."""
+    if mmap:
+        read_file(path, pacer, keep=False, digest=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    else:
+        data, _ = read_file(path, pacer, digest=False)
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    tensors = {k.removeprefix(CKPT_PREFIX): v for k, v in ckpt["state_dict"].items()}
+    teacher = build_on_meta(model_cfg["teacher"], "teacher")
+    assign_tensors(teacher, tensors, path)
+    return teacher.eval()
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs one variant (see the module docstring) and returns its timings and memory.
+
+    Args:
+        spec: variant, path (file or bundle dir), model_cfg, bandwidth (bytes/s or
+            None), mmap, full (bundle: also load the whole teacher), threads, seed.
+
+    Returns:
+        first_answer_s, peak_bytes (rise of VmHWM over the resident size before
+        loading), logits digest, and for the bundle full_answer_s / full_peak_bytes.
+    """
+    variant = spec["variant"]
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant {variant!r} is unknown; use one of {list(VARIANTS)}")
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    model_cfg = spec["model_cfg"]
+    import_builders(model_cfg)
+    rate = parse_bandwidth(spec.get("bandwidth"))
+    mmap = bool(spec.get("mmap", False))
+    path = Path(spec["path"])
+    x = torch.randn(1, *model_cfg["input_shape"],
+                    generator=torch.Generator().manual_seed(spec.get("seed", 0)))
+    torch.set_grad_enabled(False)
+    reset_peak()
+    baseline = memory_status().get("VmRSS", 0)
+    began = time.perf_counter()
+    if variant == "bundle":
+        model = ProgressiveModel.open(path, bandwidth=rate, mmap=mmap)
+        logits = model.predict(x)
+    else:
+        load = load_teacher_safetensors if variant == "teacher_safetensors" else load_teacher_ckpt
+        teacher = load(path, model_cfg, Pacer(rate), mmap)
+        logits = teacher(x)
+    first = time.perf_counter() - began
+    result = {"variant": variant, "first_answer_s": first,
+              "peak_bytes": memory_status().get("VmHWM", baseline) - baseline,
+              "logits": logits_digest(logits), "full_answer_s": first}
+    result["full_peak_bytes"] = result["peak_bytes"]
+    result["full_logits"] = result["logits"]
+    if variant == "bundle" and spec.get("full", True):
+        model.start_loading()
+        model.wait()
+        logits = model.predict(x)
+        result.update(full_answer_s=time.perf_counter() - began,
+                      full_peak_bytes=memory_status().get("VmHWM", baseline) - baseline,
+                      full_logits=logits_digest(logits), final_mask=model.mask)
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        print("usage: python -m pwl.runtime.measure '<json spec>'", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = measure(json.loads(sys.argv[1]))
+        result["warnings"] = sorted({str(w.message) for w in caught})
+    except PWLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

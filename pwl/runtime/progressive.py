@@ -1,0 +1,319 @@
+"""ProgressiveModel: answers from the student at once, better as teacher blocks arrive.
+
+``open`` reads the manifest and the student file only; the teacher is built on
+the meta device, so its weights take no memory until their block is loaded.
+``start_loading`` reads teacher blocks in a background thread, in the loading
+order; after each block is materialised the model swaps to the next mask.
+
+Swaps are atomic: a prediction takes the current snapshot (an immutable mask
+plus a count of predictions running on it) under a lock, runs wholly on that
+mask, and a swap only publishes a new snapshot. Teacher block i is materialised
+before the swap while no published mask uses it. After a swap, student blocks
+and adapters that no mask left in the loading order uses are freed (their
+tensors moved to meta). They are freed only once every prediction still
+running on the previous snapshot has finished: the loader waits for that
+count to drop to zero, which costs it at most one prediction's time, whereas
+freeing under a running prediction would crash it or mix masks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pwl.errors import CheckpointError, PWLError
+from pwl.hybrid import HybridNet, teacher_blocks
+from pwl.runtime.bundle import (
+    STUDENT_FILE,
+    LoadingOrder,
+    adapters_used,
+    assign_student,
+    assign_unit,
+    build_empty,
+    check_num_blocks,
+    file_entry_of,
+    loading_masks,
+    read_manifest,
+    teacher_block_file,
+)
+from pwl.runtime.storage import LoadingStopped, Pacer, parse_bandwidth, read_tensors
+
+
+@dataclass(frozen=True)
+class LoadEvent:
+    """One step of loading: the student at open, then one teacher block per swap.
+
+    Attributes:
+        stage: teacher blocks in use after this event (k of ``mask``).
+        mask: the mask predictions run on from this event on.
+        block: the teacher block swapped in (None for the student at open).
+        t: seconds since ``open`` started, when the event happened.
+        bytes_read: bytes read from the bundle for this step.
+        seconds: time the step took (reading, checking, materialising).
+        error: why loading stopped at this step, else None.
+    """
+
+    stage: int
+    mask: str
+    block: int | None
+    t: float
+    bytes_read: int
+    seconds: float
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Snapshot:
+    """A mask predictions run on, and how many predictions are running on it."""
+
+    __slots__ = ("mask", "active")
+
+    def __init__(self, mask: str) -> None:
+        self.mask = mask
+        self.active = 0
+
+
+class ProgressiveModel:
+    """A bundle that answers from the student at once and loads teacher blocks in the background.
+
+    Create it with ``ProgressiveModel.open(bundle)``.
+    """
+
+    def __init__(self, bundle: Path, manifest: dict[str, Any], hybrid: HybridNet,
+                 device: torch.device, bandwidth: float | None, mmap: bool,
+                 started: float) -> None:
+        self.bundle = bundle
+        self.manifest = manifest
+        self.device = device
+        self.bandwidth = bandwidth
+        self.mmap = mmap
+        self._hybrid = hybrid
+        self._started = started
+        self._cond = threading.Condition()
+        self._snapshot = _Snapshot("S" * hybrid.num_blocks)
+        self._events: list[LoadEvent] = []
+        self._order: list[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._error: PWLError | None = None
+        self._freed_student: set[int] = set()
+        self._freed_adapters: set[tuple[str, int]] = set()
+
+    @classmethod
+    def open(cls, bundle: str | Path, *, bandwidth: float | str | None = None,
+             mmap: bool = False, device: str | torch.device = "cpu") -> ProgressiveModel:
+        """Opens a bundle: reads the manifest and the student file, builds the teacher empty.
+
+        Args:
+            bundle: the bundle directory.
+            bandwidth: bytes per second to hold every read to (number or "50MB"); None: no limit.
+            mmap: read tensors through a memory map instead of reading files into memory.
+            device: where the model runs.
+
+        Raises:
+            CheckpointError: naming the file, if the manifest does not match the files
+                (a missing file, a wrong size, the student's sha256, N).
+        """
+        started = time.perf_counter()
+        bundle = Path(bundle)
+        device = torch.device(device)
+        rate = parse_bandwidth(bandwidth)
+        manifest = read_manifest(bundle)
+        hybrid = build_empty(manifest["model"], manifest["feature_shapes"])
+        check_num_blocks(hybrid, manifest, bundle)
+        path = bundle / STUDENT_FILE
+        entry = file_entry_of(manifest, STUDENT_FILE)
+        assign_student(hybrid, read_tensors(path, entry, Pacer(rate), mmap, device), path)
+        model = cls(bundle, manifest, hybrid.eval(), device, rate, mmap, started)
+        mask = model.mask
+        model._record(LoadEvent(0, mask, None, model.elapsed(), entry.bytes, model.elapsed()))
+        return model
+
+    @property
+    def num_blocks(self) -> int:
+        return self._hybrid.num_blocks
+
+    @property
+    def hybrid(self) -> HybridNet:
+        """The underlying hybrid; blocks not loaded (teacher) or freed (student) are on meta."""
+        return self._hybrid
+
+    @property
+    def mask(self) -> str:
+        """The mask the next prediction runs on."""
+        return self._snapshot.mask
+
+    @property
+    def stage(self) -> int:
+        """How many teacher blocks the current mask uses."""
+        return teacher_blocks(self.mask)
+
+    @property
+    def loading_order(self) -> list[str] | None:
+        """The masks of the loading in progress (None before ``start_loading``)."""
+        return list(self._order) if self._order is not None else None
+
+    @property
+    def events(self) -> list[LoadEvent]:
+        with self._cond:
+            return list(self._events)
+
+    @property
+    def done(self) -> bool:
+        """True when loading has finished, failed or was stopped."""
+        return self._done.is_set()
+
+    @property
+    def error(self) -> PWLError | None:
+        return self._error
+
+    def elapsed(self) -> float:
+        """Seconds since ``open`` started (the clock of the events)."""
+        return time.perf_counter() - self._started
+
+    def resident_bytes(self) -> int:
+        """Bytes of the parameters and buffers held in memory (not on meta)."""
+        tensors = [*self._hybrid.parameters(), *self._hybrid.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors if not t.is_meta)
+
+    def predict_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Logits (B, num_classes) of images (B, C, H, W), and the mask that produced them."""
+        with self._cond:
+            snapshot = self._snapshot
+            snapshot.active += 1
+        try:
+            with torch.no_grad():
+                logits = self._hybrid(x.to(self.device), snapshot.mask)
+        finally:
+            with self._cond:
+                snapshot.active -= 1
+                if snapshot.active == 0:
+                    self._cond.notify_all()
+        return logits, snapshot.mask
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of images (B, C, H, W) under the current mask."""
+        return self.predict_with_mask(x)[0]
+
+    __call__ = predict
+
+    def start_loading(self, order: LoadingOrder | None = None) -> list[str]:
+        """Starts loading teacher blocks in a background thread.
+
+        Args:
+            order: None (the bundle's default), ``"prefix"``, ``"suffix"``, a list
+                of block indices or a list of masks (see ``loading_masks``).
+
+        Returns:
+            the masks the model will pass through, the current one first.
+        """
+        if self._thread is not None:
+            raise RuntimeError("start_loading was already called on this model")
+        masks = loading_masks(self.manifest["loading_order"] if order is None else order,
+                              self.num_blocks)
+        self._order = masks
+        # Parts no mask of this order uses are dropped at once; the current mask (all-S)
+        # is in the order, so no running prediction needs them.
+        self._free_unused(masks)
+        self._thread = threading.Thread(target=self._load, args=(masks,), name="pwl-loader",
+                                        daemon=True)
+        self._thread.start()
+        return list(masks)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits for loading to end; True if it has (also when it never started).
+
+        Raises:
+            PWLError: the error that stopped loading (``CheckpointError`` for a bad file).
+        """
+        if self._thread is None:
+            return True
+        finished = self._done.wait(timeout)
+        if finished and self._error is not None:
+            raise self._error
+        return finished
+
+    def close(self) -> None:
+        """Stops loading (between chunks or blocks) and waits for the loader to exit."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> ProgressiveModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _record(self, event: LoadEvent) -> None:
+        with self._cond:
+            self._events.append(event)
+
+    def _load(self, masks: list[str]) -> None:
+        pacer = Pacer(self.bandwidth, self._stop)
+        teacher = self._hybrid.teacher
+        try:
+            for step, (prev, mask) in enumerate(zip(masks, masks[1:]), start=1):
+                if self._stop.is_set():
+                    return
+                block = next(i for i in range(self.num_blocks) if prev[i] != mask[i])
+                began = time.perf_counter()
+                rel = teacher_block_file(block)
+                path = self.bundle / rel
+                entry = file_entry_of(self.manifest, rel)
+                try:
+                    assign_unit(teacher, block,
+                                read_tensors(path, entry, pacer, self.mmap, self.device), path)
+                except LoadingStopped:
+                    return
+                except PWLError as e:
+                    self._fail(e, block)
+                    return
+                except Exception as e:  # any other failure still must not kill the model
+                    self._fail(CheckpointError(f"loading {path} failed: {type(e).__name__}: "
+                                               f"{e}"), block)
+                    return
+                self._swap(mask, masks[step:])
+                self._record(LoadEvent(teacher_blocks(mask), mask, block, self.elapsed(),
+                                       entry.bytes, time.perf_counter() - began))
+        finally:
+            self._done.set()
+
+    def _fail(self, error: PWLError, block: int) -> None:
+        self._error = error
+        mask = self.mask
+        # Loading ends here, so only the current mask will ever run again.
+        self._free_unused([mask])
+        self._record(LoadEvent(teacher_blocks(mask), mask, block, self.elapsed(), 0, 0.0,
+                               str(error)))
+
+    def _swap(self, mask: str, remaining: list[str]) -> None:
+        with self._cond:
+            old = self._snapshot
+            self._snapshot = _Snapshot(mask)
+            self._cond.wait_for(lambda: old.active == 0)
+        self._free_unused(remaining)
+
+    def _free_unused(self, remaining: list[str]) -> None:
+        """Moves to meta the student blocks and adapters no mask in ``remaining`` uses."""
+        student_needed = {i for m in remaining for i, who in enumerate(m) if who == "S"}
+        adapters_needed = set().union(*(adapters_used(m) for m in remaining))
+        for i in range(self.num_blocks):
+            if i not in student_needed and i not in self._freed_student:
+                for module in self._hybrid.student.unit_modules(i):
+                    module.to_empty(device="meta")
+                self._freed_student.add(i)
+        for kind in ("to_student", "to_teacher"):
+            for b, adapter in enumerate(getattr(self._hybrid.adapters, kind)):
+                key = (kind, b)
+                if key not in adapters_needed and key not in self._freed_adapters:
+                    adapter.to_empty(device="meta")
+                    self._freed_adapters.add(key)
