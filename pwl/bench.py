@@ -38,6 +38,7 @@ from rich.table import Table
 
 from pwl.blocks import BlockNet
 from pwl.build import build_hybrid
+from pwl.cli import human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.errors import ConfigError, PWLError
 from pwl.runtime.bundle import (
     STUDENT_FILE,
@@ -46,7 +47,6 @@ from pwl.runtime.bundle import (
     module_tensors,
     read_manifest,
 )
-from pwl.runtime.cli import human_bytes, make_console, run_dir, run_entry
 from pwl.runtime.measure import CKPT_PREFIX, VARIANTS
 from pwl.runtime.storage import parse_bandwidth
 
@@ -252,7 +252,7 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
-    run_entry(bench, cfg)
+    user_errors_as_one_line(bench)(cfg)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ A teacher run writes ``teacher.safetensors`` and ``model.yaml`` (the resolved
 model config); a distill run writes ``hybrid.safetensors`` (teacher, student
 and adapters) and ``model.yaml``. Lightning ``.ckpt`` files of either stage
 can be loaded too; they carry the model config in their hyper-parameters.
+The data config of a run is the ``data`` section of ``<run>/.hydra/config.yaml``
+(or of a bundle's ``manifest.json``).
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from typing import Any
 
 import torch
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pwl.blocks import BlockNet
 from pwl.build import build_hybrid, build_net, to_dict
-from pwl.errors import CheckpointError
+from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 
 MODEL_YAML = "model.yaml"
 TEACHER_FILE = "teacher.safetensors"
 HYBRID_FILE = "hybrid.safetensors"
+MANIFEST_FILE = "manifest.json"
+RUN_CONFIG = ".hydra/config.yaml"
 
 
 def save_weights(module: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None
@@ -125,7 +131,7 @@ def load_teacher(path: str | Path, teacher_cfg: Mapping[str, Any]) -> BlockNet:
 def load_hybrid(path: str | Path) -> tuple[HybridNet, dict[str, Any]]:
     """A trained HybridNet and its model config from a distill run dir, file or checkpoint."""
     path = Path(path)
-    if path.is_dir() and (path / "manifest.json").is_file():
+    if path.is_dir() and (path / MANIFEST_FILE).is_file():
         from pwl.runtime.bundle import load_bundle_hybrid
         return load_bundle_hybrid(path)
     if path.suffix == ".ckpt":
@@ -139,6 +145,47 @@ def load_hybrid(path: str | Path) -> tuple[HybridNet, dict[str, Any]]:
     hybrid = build_hybrid(cfg)
     load_weights(hybrid, weights, f"model {cfg.get('name', '')} in {weights.parent / MODEL_YAML}")
     return hybrid.eval(), cfg
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run directory of a checkpoint: a directory itself, else the file's run.
+
+    ``<run>/checkpoints/last.ckpt`` and ``<run>/hybrid.safetensors`` both give ``<run>``.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        return checkpoint
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def saved_data_cfg(checkpoint: str | Path, *, fix: str
+                   ) -> tuple[dict[str, Any] | None, Path | None]:
+    """The data config a model was trained with, and the file holding it, if the run saved one.
+
+    Args:
+        checkpoint: a run directory, a file in it (weights, ``.ckpt``) or a bundle directory.
+        fix: how to do without the saved config; ends the error when it does not resolve.
+
+    Returns:
+        the resolved ``data`` section of the bundle manifest or of ``<run>/.hydra/config.yaml``
+        and that file's path; ``(None, None)`` when there is none.
+    """
+    run = run_dir_of(checkpoint)
+    if (run / MANIFEST_FILE).is_file():
+        from pwl.runtime.bundle import read_manifest
+        data = read_manifest(run).get("data")
+        return (data, run / MANIFEST_FILE) if data else (None, None)
+    path = run / RUN_CONFIG
+    if not path.is_file():
+        return None, None
+    try:
+        node = OmegaConf.load(path).get("data")
+        data = OmegaConf.to_container(node, resolve=True) if node is not None else None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"the data section of {path} does not resolve "
+                          f"({str(e).splitlines()[0]}); {fix}") from None
+    return (data, path) if data else (None, None)
 
 
 def _hybrid_from_ckpt(path: Path) -> tuple[HybridNet, dict[str, Any]]:

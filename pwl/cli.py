@@ -1,14 +1,17 @@
-"""What the Hydra entry points share: one-line errors and closing W&B runs."""
+"""What the Hydra entry points share: one-line errors, W&B runs, run dir and output formatting."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
 
 from pwl.errors import PWLError
 
@@ -35,3 +38,25 @@ def finish_wandb() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def run_dir() -> Path:
+    """The Hydra run directory of the current job."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def make_console() -> Console:
+    """A rich console; when writing to a file or pipe, wide enough for the result tables."""
+    term = Console()
+    return term if term.is_terminal else Console(width=160)
+
+
+def human_bytes(num: float) -> str:
+    """A byte count in decimal units: 1234567 -> '1.2 MB'."""
+    if num < 1000:
+        return f"{num:.0f} B"
+    for unit in ("KB", "MB"):
+        num /= 1000
+        if num < 1000:
+            return f"{num:.1f} {unit}"
+    return f"{num / 1000:.2f} GB"

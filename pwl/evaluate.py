@@ -11,7 +11,6 @@ or ``data.*`` override on the command line replaces it.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,44 +20,17 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from pwl.checkpoint import load_hybrid
+from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import user_errors_as_one_line
-from pwl.errors import CheckpointError, ConfigError, PWLError
+from pwl.data import build_datamodule
+from pwl.errors import CheckpointError, ConfigError
 from pwl.stages import StageResult, evaluate_stages, resolve_masks, write_stages
 
 DATA_OVERRIDE = re.compile(r"^[+~]*data([.=]|$)")
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory of a checkpoint: the directory itself, or the .ckpt's run."""
-    if checkpoint.is_dir():
-        return checkpoint
-    parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def saved_data_cfg(checkpoint: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The data config a model was trained with, and the file it came from, if saved."""
-    manifest = checkpoint / "manifest.json"
-    if manifest.is_file():
-        data = json.loads(manifest.read_text()).get("data")
-        return (data, manifest) if data else (None, None)
-    config = run_dir_of(checkpoint) / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return None, None
-    full = OmegaConf.load(config)
-    if "data" not in full:
-        return None, None
-    try:
-        return OmegaConf.to_container(full.data, resolve=True), config
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot resolve the data section of {config}: "
-                          f"{str(e).splitlines()[0]}; pass data=<name> instead") from None
 
 
 def data_overridden() -> bool:
@@ -76,20 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ConfigError(f"device={name!r} is unknown; use auto, cpu or cuda")
     return torch.device(name)
-
-
-def build_datamodule(data_cfg: dict[str, Any], batch_size: int | None) -> Any:
-    if batch_size:
-        data_cfg = {**data_cfg, "eval_batch_size": batch_size}
-    try:
-        dm = hydra.utils.instantiate(data_cfg)
-    except hydra.errors.InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, PWLError):
-            raise cause from None
-        raise ConfigError(f"data: {cause}") from None
-    dm.setup("test")
-    return dm
 
 
 def preprocessed(dm: Any, loader: Any, device: torch.device, limit: int | None,
@@ -139,10 +97,12 @@ def evaluate(cfg: DictConfig) -> StageResult:
     orders = list(cfg.orders)
     resolve_masks(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
 
-    data_cfg, source = (None, None) if data_overridden() else saved_data_cfg(checkpoint)
+    data_cfg, source = ((None, None) if data_overridden()
+                        else saved_data_cfg(checkpoint, fix="pass data=<name> instead"))
     if data_cfg is None:
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = build_datamodule(data_cfg, cfg.batch_size)
+    batch_size = {"eval_batch_size": cfg.batch_size} if cfg.batch_size else {}
+    dm = build_datamodule(data_cfg, **batch_size)
     if list(dm.input_shape) != list(model_cfg["input_shape"]):
         raise ConfigError(f"the data gives images of shape {list(dm.input_shape)} but the model "
                           f"expects {list(model_cfg['input_shape'])}; pass the data config it "

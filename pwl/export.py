@@ -17,24 +17,15 @@ from typing import Any
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
-from pwl.checkpoint import load_hybrid
+from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
+from pwl.cli import human_bytes, user_errors_as_one_line
 from pwl.errors import CheckpointError, ConfigError
 from pwl.runtime.bundle import MANIFEST, export_bundle, read_manifest, verify
-from pwl.runtime.cli import human_bytes, run_entry
 
 STAGE_FILES = ("stages_test.csv", "stages.csv")
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``)."""
-    if checkpoint.is_dir():
-        return checkpoint
-    parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
 
 
 def read_stage_rows(path: Path) -> list[dict[str, Any]]:
@@ -73,21 +64,13 @@ def find_stages(setting: str | None, run: Path) -> tuple[list[dict[str, Any]] | 
     return None, None
 
 
-def find_data_cfg(setting: str | None, run: Path) -> dict[str, Any] | None:
-    """The data config for ``data=auto|null``: the run's ``.hydra/config.yaml`` data section."""
+def find_data_cfg(setting: str | None, checkpoint: Path) -> dict[str, Any] | None:
+    """The data config for ``data=auto|null``: the one saved with the run or bundle."""
     if setting is None:
         return None
     if setting != "auto":
         raise ConfigError(f"data={setting!r}: use auto (the run's data config) or null")
-    path = run / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        node = OmegaConf.load(path).get("data")
-        return OmegaConf.to_container(node, resolve=True) if node is not None else None
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"the data section of {path} does not resolve ({e}); pass "
-                          "data=null to export without it") from None
+    return saved_data_cfg(checkpoint, fix="pass data=null to export without it")[0]
 
 
 def export(cfg: DictConfig) -> Path:
@@ -96,13 +79,10 @@ def export(cfg: DictConfig) -> Path:
     run = run_dir_of(checkpoint)
     hybrid, model_cfg = load_hybrid(checkpoint)
     stages, stages_source = find_stages(cfg.stages, run)
-    data_cfg = find_data_cfg(cfg.data, run)
-    if (run / MANIFEST).is_file():  # re-exporting a bundle keeps what its manifest knew
-        source = read_manifest(run)
-        if cfg.stages == "auto" and stages is None:
-            stages, stages_source = source["stages"], str(run / MANIFEST)
-        if cfg.data == "auto" and data_cfg is None:
-            data_cfg = source.get("data")
+    data_cfg = find_data_cfg(cfg.data, checkpoint)
+    if cfg.stages == "auto" and stages is None and (run / MANIFEST).is_file():
+        # re-exporting a bundle keeps the stage accuracies its manifest knew
+        stages, stages_source = read_manifest(run)["stages"], str(run / MANIFEST)
     order = cfg.loading_order
     if OmegaConf.is_config(order):
         order = OmegaConf.to_container(order)
@@ -141,7 +121,7 @@ def print_summary(out: Path, manifest: dict[str, Any], stages_source: str | None
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    run_entry(export, cfg)
+    user_errors_as_one_line(export)(cfg)
 
 
 if __name__ == "__main__":

@@ -21,40 +21,22 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from pwl.data.datamodule import ImageDataModule
-from pwl.errors import ConfigError, PWLError
+from pwl.cli import human_bytes, make_console, run_dir, user_errors_as_one_line
+from pwl.data import build_datamodule
+from pwl.errors import ConfigError
 from pwl.runtime.bundle import import_builders, read_manifest
-from pwl.runtime.cli import human_bytes, make_console, run_dir, run_entry
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 
 TIMELINE_COLUMNS = ("t", "stage", "mask", "batch_accuracy", "running_accuracy",
                     "answers_per_s", "answers")
 RATE_WINDOW = 10  # batches over which answers per second are measured
-
-
-def build_data(data_cfg: Mapping[str, Any] | None) -> ImageDataModule:
-    """The data module of a data config (``conf/data``), set up."""
-    if data_cfg is None:
-        raise ConfigError("the bundle stores no data config; pass one with data=<name> "
-                          "(e.g. data=fashion_mnist)")
-    try:
-        dm = instantiate(data_cfg, _convert_="all")
-    except hydra.errors.InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, PWLError):
-            raise cause from None
-        raise ConfigError(f"data: {cause}") from None
-    if not isinstance(dm, ImageDataModule):
-        raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
-    dm.setup()
-    return dm
 
 
 def stream(model: ProgressiveModel, images: torch.Tensor, labels: torch.Tensor,
@@ -194,7 +176,10 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     data_cfg = cfg.get("data")
     data_cfg = (OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None
                 else manifest.get("data"))
-    dm = build_data(data_cfg)
+    if data_cfg is None:
+        raise ConfigError("the bundle stores no data config; pass one with data=<name> "
+                          "(e.g. data=fashion_mnist)")
+    dm = build_datamodule(data_cfg)
     if list(dm.input_shape) != list(manifest["model"]["input_shape"]):
         raise ConfigError(f"data gives images of shape {list(dm.input_shape)} but the bundle's "
                           f"model takes {manifest['model']['input_shape']}; pick the data "
@@ -237,7 +222,7 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
-    run_entry(serve, cfg)
+    user_errors_as_one_line(serve)(cfg)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pwl.build import to_dict
@@ -81,12 +82,16 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test", True):
+            ckpt = trainer.checkpoint_callback
+            best = ckpt.best_model_path if ckpt else ""
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finally:
+        finish_wandb()
     if trainer.is_global_zero:
         if cfg.stage == "teacher":
             save_weights(module.net, run_dir / TEACHER_FILE, {"format": "pwl-teacher"})
@@ -98,11 +103,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    finally:
-        finish_wandb()
-    print(f"run directory: {cfg.run_dir}")
+    metrics = train(cfg)
+    rank_zero_info(f"run directory: {cfg.run_dir}")
     monitor = cfg.get("optimized_metric")
     return metrics.get(monitor) if monitor else None
 

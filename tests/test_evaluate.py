@@ -8,10 +8,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from pwl.build import build_hybrid
-from pwl.checkpoint import load_hybrid, save_model_cfg, save_weights
+from pwl.checkpoint import load_hybrid, run_dir_of, save_model_cfg, save_weights, saved_data_cfg
 from pwl.data import SyntheticDataModule
 from pwl.errors import CheckpointError, ConfigError, MaskError
-from pwl.evaluate import evaluate, run_dir_of
+from pwl.evaluate import evaluate
 from pwl.stages import COLUMNS, read_csv
 from tests.conftest import CONF_DIR, model_cfg, run_module
 
@@ -124,6 +124,16 @@ def test_a_bundle_uses_the_data_of_its_manifest(run_dir, tmp_path):
 def test_run_dir_of_a_checkpoint_file(tmp_path):
     assert run_dir_of(tmp_path / "checkpoints" / "last.ckpt") == tmp_path
     assert run_dir_of(tmp_path / "model.ckpt") == tmp_path
+
+
+def test_saved_data_cfg_of_a_run(run_dir, tmp_path):
+    config = run_dir / ".hydra" / "config.yaml"
+    data, source = saved_data_cfg(run_dir / "checkpoints" / "last.ckpt", fix="-")
+    assert source == config and data == {**DATA, "data_seed": 3}
+    assert saved_data_cfg(tmp_path / "elsewhere", fix="-") == (None, None)
+    config.write_text(yaml.safe_dump({"data": DATA}))  # ${seed} no longer resolves
+    with pytest.raises(ConfigError, match=r"config\.yaml does not resolve .*; pass data=<name>"):
+        saved_data_cfg(run_dir, fix="pass data=<name>")
 
 
 def test_command_line(run_dir, tmp_path):

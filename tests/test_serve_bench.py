@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from pwl.bench import bundle_target, measure_target
 from pwl.checkpoint import save_model_cfg, save_weights
-from pwl.export import read_stage_rows, run_dir_of
+from pwl.export import read_stage_rows
 from pwl.hybrid import masks_for_order
 from pwl.runtime import load_bundle_hybrid, read_manifest
 from pwl.runtime.measure import VARIANTS
@@ -65,15 +65,12 @@ def test_export_cli_reports_a_missing_checkpoint_in_one_line(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_stage_rows_and_run_dirs(tmp_path):
+def test_stage_rows_of_the_last_epoch(tmp_path):
     path = tmp_path / "stages.csv"
     path.write_text(STAGE_HEADER + "0,prefix,0,SS,0.5,0,0,1\n1,prefix,0,SS,0.6,0,0,1\n"
                     "1,prefix,2,TT,0.9,0,0,1\n1,suffix,2,TT,0.9,0,0,1\n")
     assert read_stage_rows(path) == [{"mask": "SS", "k": 0, "accuracy": 0.6},
                                      {"mask": "TT", "k": 2, "accuracy": 0.9}]
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert run_dir_of(ckpt) == tmp_path / "run"
-    assert run_dir_of(tmp_path / "run" / "other.ckpt") == tmp_path / "run"
 
 
 def test_serve_cli_answers_through_every_stage_and_writes_the_timeline(tmp_path):

@@ -106,3 +106,41 @@ def test_mismatched_teacher_names_file_and_architecture(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(teacher_dir / TEACHER_FILE) in result.stderr
     assert "pwl.models.resnet" in result.stderr
+
+
+def test_same_seed_gives_the_same_stages_csv(tmp_path):
+    import csv
+
+    teacher_dir = _train_teacher(tmp_path, "test=false")
+    tables = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        train(tiny_train_cfg(run, "stage=distill", f"teacher={teacher_dir}", "seed=7",
+                             "trainer.limit_train_batches=3", "data.crop_padding=1",
+                             "data.hflip=0.5"))
+        with (run / "stages.csv").open() as f:
+            # ms_per_batch is a time measurement; everything else must repeat exactly.
+            tables.append([{k: v for k, v in row.items() if k != "ms_per_batch"}
+                           for row in csv.DictReader(f)])
+    assert tables[0] == tables[1] and len(tables[0]) == 5
+
+
+def test_wandb_logger_defaults_to_offline_and_keeps_the_stages_table(tmp_path, monkeypatch):
+    import csv
+
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))   # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    teacher_dir = _train_teacher(tmp_path, "test=false")
+    run = tmp_path / "distill"
+    train(tiny_train_cfg(run, "stage=distill", f"teacher={teacher_dir}", "logger=wandb",
+                         "epochs.distill=2", "trainer.limit_train_batches=2"))
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    tables = list(offline_runs[0].glob("files/media/table/**/*.table.json"))
+    assert tables, "the stages table was not logged"
+    with (run / "stages.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    prefix = {(r["epoch"], r["k"]) for r in rows if r["order"] == "prefix"}
+    assert prefix == {(str(e), str(k)) for e in (0, 1) for k in range(5)}
