@@ -4,13 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= fmnist_resnet_narrow
+BUNDLE ?= runs/reproduce/$(EXPERIMENT)/bundle
+BANDWIDTH ?=
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install data test lint reproduce reproduce-all sweep-losses reproduce-cifar10 \
-        reproduce-cifar100 bench-train
+        reproduce-cifar100 bench-train bench-load serve
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -67,3 +69,9 @@ reproduce-cifar100: install ## CIFAR-100 ResNet pair at the paper's scale (GPU; 
 bench-train: install ## Distill-step images/s: cached mixed paths vs every path from the input
 	$(PY) experiments/bench_train.py --loss pwl_all
 	$(PY) experiments/bench_train.py --loss pwl
+
+bench-load: install ## Time to first answer and peak memory: whole teacher vs bundle (trained bundle + random ViT-B/16 pair)
+	$(PY) -m pwl.bench $(if $(wildcard $(BUNDLE)/manifest.json),bundle=$(BUNDLE))
+
+serve: install ## Answer test images while the bundle loads (BUNDLE=<dir>, BANDWIDTH=20MB to emulate a download)
+	$(PY) -m pwl.serve bundle=$(BUNDLE) $(if $(BANDWIDTH),bandwidth=$(BANDWIDTH))
