@@ -8,8 +8,8 @@ split, from the end of training or ``pwl.evaluate``) or ``stages.csv``
 Columns are named by what sets the runs apart: the Hydra overrides that differ
 between them, else the experiment, model and loss names.
 
-Writes ``report.md`` (a table per loading order: rows student, T1->S2..., ...,
-teacher), ``report.csv`` (the same numbers, tidy), ``accuracy_vs_k.png`` and
+Writes ``report.md`` (a table per loading order: rows student, T1 + S, T1-2 + S,
+..., teacher, aligned by k so pairs of any N share a table), ``report.csv`` (the same numbers, tidy), ``accuracy_vs_k.png`` and
 ``accuracy_vs_mb.png`` (every mask, with each run's Pareto front marked).
 """
 
@@ -104,39 +104,40 @@ def label_runs(runs: list[Run]) -> None:
             run.label = f"{run.label} ({run.path.name})"
 
 
-def row_name(mask: str, order: str) -> str:
+def row_key(mask: str, order: str) -> tuple[int, str]:
+    """Sort key and row label of a mask; prefix/suffix rows align by k across any N."""
     n, k = len(mask), mask.count("T")
     if k == 0:
-        return f"student ({mask})"
+        return (0, "student")
     if k == n:
-        return f"teacher ({mask})"
-    teacher = [str(i + 1) for i, m in enumerate(mask) if m == "T"]
-    student = [str(i + 1) for i, m in enumerate(mask) if m == "S"]
-    return f"T{','.join(teacher)} + S{','.join(student)} ({mask})"
+        return (1 << 30, "teacher")
+    if order == "prefix":
+        return (k, f"T1-{k} + S" if k > 1 else "T1 + S")
+    if order == "suffix":
+        return (k, f"S + last {k} T")
+    return (k, mask)
 
 
 def markdown(runs: list[Run]) -> str:
     out = ["# Accuracy at every partial-teacher stage", "",
            "Accuracy (%) on the evaluation split; one column per run.", ""]
     for r in runs:
-        out.append(f"- **{r.label}**: `{r.path}`")
+        n = len(r.rows[0]["mask"])
+        out.append(f"- **{r.label}**: N={n}, `{r.path}`")
     orders = [o for o in ORDER_TITLES if any(row["order"] == o for r in runs for row in r.rows)]
     for order in orders:
-        masks: dict[str, int] = {}
-        for r in runs:
-            for row in r.rows:
-                if row["order"] == order:
-                    masks.setdefault(row["mask"], row["k"])
+        keys = sorted({row_key(row["mask"], order) for r in runs for row in r.rows
+                       if row["order"] == order})
         out += ["", f"## {ORDER_TITLES[order]}", "",
-                "| stage | k | " + " | ".join(r.label for r in runs) + " |",
-                "|---|---|" + "---|" * len(runs)]
-        for mask, k in sorted(masks.items(), key=lambda mk: (len(mk[0]), mk[1])):
+                "| stage | " + " | ".join(r.label for r in runs) + " |",
+                "|---|" + "---|" * len(runs)]
+        for key in keys:
             cells = []
             for r in runs:
-                acc = next((row["accuracy"] for row in r.rows
-                            if row["order"] == order and row["mask"] == mask), None)
+                acc = next((row["accuracy"] for row in r.rows if row["order"] == order
+                            and row_key(row["mask"], order) == key), None)
                 cells.append("" if acc is None else f"{100 * acc:.2f}")
-            out.append(f"| {row_name(mask, order)} | {k} | " + " | ".join(cells) + " |")
+            out.append(f"| {key[1]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -32,11 +32,11 @@ def test_multirun_sweep_and_report(tmp_path):
     report.main([str(sweep_dir), "--out", str(out)])
     table = (out / "report.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| stage"))
-    columns = [c.strip() for c in header.strip("|").split("|")][2:]
+    columns = [c.strip() for c in header.strip("|").split("|")][1:]
     assert len(columns) == 4
     assert all("distance=" in c and "mode=" in c for c in columns)
     assert "## Prefix loading" in table and "## Suffix loading" in table
-    assert "| student (SSSS) | 0 |" in table and "| teacher (TTTT) | 4 |" in table
+    assert "| student |" in table and "| T1-2 + S |" in table and "| teacher |" in table
     with (out / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["run"] for r in rows} == set(columns)
