@@ -130,6 +130,13 @@ class DistillModule(_Optimized):
     def training_step(self, batch, batch_idx):
         x, y = batch
         total, terms = self.loss(self.distill_outputs(x, y))
+        if not torch.isfinite(total):
+            # Stop before the optimizer step so the weights (and last.ckpt) stay usable.
+            bad = [name for name, v in terms.items() if not torch.isfinite(v)]
+            raise FloatingPointError(
+                f"distillation loss is not finite at step {self.global_step} (terms {bad}); "
+                "lower optim.optimizer.lr or trainer.gradient_clip_val, then resume with "
+                "ckpt_path=<run>/checkpoints/last.ckpt")
         self.log("train/loss", total, prog_bar=True)
         for name, value in terms.items():
             self.log(f"train/loss/{name}", value)
