@@ -29,11 +29,14 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from report import report  # noqa: E402
 
 
-def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool) -> None:
+def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
+         earlier: dict[str, float]) -> None:
+    """Runs one step unless its output exists; a skipped step keeps its earlier wall time."""
     shown = " ".join(shlex.quote(c) for c in cmd)
     if done.exists() and not force:
         print(f"[{name}] done before ({done}); skipping", flush=True)
-        log.append({"step": name, "command": shown, "seconds": None, "skipped": True})
+        log.append({"step": name, "command": shown, "seconds": earlier.get(name),
+                    "skipped": True})
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
@@ -68,6 +71,29 @@ def checks(pwl: dict, kd: dict, n: int) -> list[dict]:
     ]
 
 
+def write_readme(results: Path, summary: dict) -> None:
+    """results/README.md: how the numbers were made, then the report itself."""
+    lines = [f"# `{summary['experiment']}`: make reproduce", "",
+             f"Machine: {summary['machine']['platform']}, {summary['machine']['cpus']} CPU "
+             f"threads, CUDA {'yes' if summary['machine']['cuda'] else 'no'}, torch "
+             f"{summary['machine']['torch']}.", "",
+             "| step | minutes | command |", "|---|---|---|"]
+    for s in summary["steps"]:
+        minutes = "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
+        lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
+    lines += [f"| **total** | **{summary['wall_seconds'] / 60:.1f}** | |", ""]
+    if summary["checks"]:
+        lines += ["| check | value | result |", "|---|---|---|"]
+        lines += [f"| {c['check']} | {c['value']:.4f} | {'ok' if c['ok'] else 'FAIL'} |"
+                  for c in summary["checks"]]
+        lines.append("")
+    body = (results / "report.md").read_text().split("\n", 1)[1]
+    lines += ["## Test-split accuracy", body,
+              "![accuracy vs k](accuracy_vs_k.png)", "",
+              "![accuracy vs MB](accuracy_vs_mb.png)", ""]
+    (results / "README.md").write_text("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="fmnist_resnet_narrow")
@@ -87,34 +113,40 @@ def main() -> None:
     py = [sys.executable, "-m"]
     common = [f"experiment={exp}", "logger=csv", *args.overrides]
     log: list[dict] = []
-    start = time.perf_counter()
+    previous = results / "reproduce.json"
+    earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
+               } if previous.is_file() and not args.force else {}
 
     teacher, pwl_run, kd_run = runs / "teacher", runs / "distill_pwl", runs / "distill_kd"
     step("teacher", [*py, "pwl.train", "stage=teacher", *common, f"hydra.run.dir={teacher}"],
-         teacher / "teacher.safetensors", log, args.force)
+         teacher / "teacher.safetensors", log, args.force, earlier)
     if args.only == "teacher":
         return
     for run, loss in ((pwl_run, "pwl"), (kd_run, "kd")):
         step(f"distill {loss}", [*py, "pwl.train", "stage=distill", f"loss={loss}",
                                  f"teacher={teacher}", *common, f"hydra.run.dir={run}"],
-             run / "hybrid.safetensors", log, args.force)
+             run / "hybrid.safetensors", log, args.force, earlier)
     for run in (pwl_run, kd_run):
         step(f"evaluate {run.name}", [*py, "pwl.evaluate", f"checkpoint={run}",
                                       "orders=[prefix,suffix,window]",
                                       f"hydra.run.dir={run / 'eval'}"],
-             run / "eval" / "stages.csv", log, args.force)
+             run / "eval" / "stages.csv", log, args.force, earlier)
     bundle = runs / "bundle"
     step("export", [*py, "pwl.export", f"checkpoint={pwl_run}", f"out={bundle}",
                     f"hydra.run.dir={runs / 'export'}"],
-         bundle / "manifest.json", log, args.force)
+         bundle / "manifest.json", log, args.force, earlier)
 
+    start = time.perf_counter()
     report([pwl_run / "eval", kd_run / "eval"], results, split="test")
     pwl_stages = read_stages(pwl_run / "eval" / "stages.csv")
     kd_stages = read_stages(kd_run / "eval" / "stages.csv")
     n = len(next(iter(pwl_stages))[1])
     # The quality bars are set for the Fashion-MNIST experiments.
     results_checks = checks(pwl_stages, kd_stages, n) if exp.startswith("fmnist") else []
-    total = time.perf_counter() - start
+    shown = f"python experiments/report.py {pwl_run / 'eval'} {kd_run / 'eval'} --out {results}"
+    log.append({"step": "report", "command": shown,
+                "seconds": round(time.perf_counter() - start, 1), "skipped": False})
+    total = sum(s["seconds"] or 0 for s in log)
     summary = {
         "experiment": exp, "overrides": args.overrides, "runs": str(runs),
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
@@ -122,7 +154,9 @@ def main() -> None:
         "steps": log, "wall_seconds": round(total, 1), "checks": results_checks,
     }
     (results / "reproduce.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nwall time {total / 60:.1f} min; runs in {runs}; report in {results}")
+    write_readme(results, summary)
+    print(f"\nwall time {total / 60:.1f} min (sum of the steps); runs in {runs}; "
+          f"report in {results}")
     for c in results_checks:
         print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['check']}: {c['value']:.4f}")
 

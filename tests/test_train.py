@@ -144,3 +144,19 @@ def test_wandb_logger_defaults_to_offline_and_keeps_the_stages_table(tmp_path, m
         rows = list(csv.DictReader(f))
     prefix = {(r["epoch"], r["k"]) for r in rows if r["order"] == "prefix"}
     assert prefix == {(str(e), str(k)) for e in (0, 1) for k in range(5)}
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
+    import pytest
+
+    from pwl.build import to_dict
+    from pwl.lit import DistillModule
+
+    cfg = tiny_train_cfg(tmp_path)
+    module = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    module.loss.forward = lambda outputs: (torch.tensor(float("nan")),
+                                           {"ce": torch.tensor(1.0),
+                                            "kd": torch.tensor(float("nan"))})
+    with pytest.raises(FloatingPointError, match=r"not finite at step 0 \(terms \['kd'\]\)"):
+        module.training_step((x, y), 0)
