@@ -3,7 +3,8 @@
     python experiments/reproduce.py [--experiment fmnist_resnet_narrow] [--runs DIR]
                                     [--results DIR] [--force] [-- extra Hydra overrides]
 
-Steps: teacher -> distill (loss=pwl) -> distill baseline (loss=kd, same budget)
+Steps: teacher -> distill (``--loss``, default pwl_all) -> distill baseline (loss=kd,
+same budget)
 -> stage evaluation of both on the test split -> bundle export -> report.
 A step whose outputs exist is skipped (use --force to redo), so an interrupted
 run continues where it stopped. The results directory receives the report,
@@ -102,6 +103,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None,
                         help="tables and plots (default experiments/results/<experiment>)")
     parser.add_argument("--force", action="store_true", help="redo finished steps")
+    parser.add_argument("--loss", default="pwl_all",
+                        help="the PWL loss preset (pwl: one random mixed path per step; "
+                             "pwl_all: every prefix path, smoother prefix curves)")
     parser.add_argument("--only", choices=("teacher",), default=None,
                         help="stop after this step (e.g. to share a teacher with a sweep)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every stage")
@@ -117,12 +121,13 @@ def main() -> None:
     earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
                } if previous.is_file() and not args.force else {}
 
-    teacher, pwl_run, kd_run = runs / "teacher", runs / "distill_pwl", runs / "distill_kd"
+    teacher, pwl_run = runs / "teacher", runs / f"distill_{args.loss}"
+    kd_run = runs / "distill_kd"
     step("teacher", [*py, "pwl.train", "stage=teacher", *common, f"hydra.run.dir={teacher}"],
          teacher / "teacher.safetensors", log, args.force, earlier)
     if args.only == "teacher":
         return
-    for run, loss in ((pwl_run, "pwl"), (kd_run, "kd")):
+    for run, loss in ((pwl_run, args.loss), (kd_run, "kd")):
         step(f"distill {loss}", [*py, "pwl.train", "stage=distill", f"loss={loss}",
                                  f"teacher={teacher}", *common, f"hydra.run.dir={run}"],
              run / "hybrid.safetensors", log, args.force, earlier)
