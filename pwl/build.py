@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pwl.adapters import Adapters
 from pwl.blocks import BlockNet
-from pwl.errors import ConfigError
+from pwl.errors import ConfigError, PWLError
 from pwl.hybrid import HybridNet
 
 REQUIRED = ("teacher", "student", "input_shape")
@@ -28,18 +28,27 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return dict(cfg)
 
 
+def instantiate_as(cfg: Mapping[str, Any], key: str) -> Any:
+    """Instantiates a ``_target_`` config; failures become errors naming config ``key``.
+
+    A PWLError raised by the built object itself (a bad width, a missing file) is
+    passed on as it is.
+    """
+    try:
+        return hydra.utils.instantiate(cfg, _convert_="all")
+    except hydra.errors.InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, PWLError):
+            raise cause from None
+        raise ConfigError(f"{key}: {cause}") from None
+
+
 def build_net(cfg: Mapping[str, Any], role: str) -> BlockNet:
     """Instantiates the ``_target_`` builder of ``cfg`` (``role`` names it in errors)."""
     if "_target_" not in cfg:
         raise ConfigError(f"model.{role} has no _target_; name a builder such as "
                           "pwl.models.resnet")
-    try:
-        net = hydra.utils.instantiate(cfg, _convert_="all")
-    except hydra.errors.InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError(f"model.{role}: {cause}") from None
+    net = instantiate_as(cfg, f"model.{role}")
     if not isinstance(net, BlockNet):
         raise ConfigError(f"model.{role}._target_={cfg['_target_']} built a "
                           f"{type(net).__name__}, not a BlockNet")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import hydra
-
+from pwl.build import instantiate_as
 from pwl.data.datamodule import ImageDataModule
-from pwl.errors import ConfigError, PWLError
+from pwl.errors import ConfigError
 
 
 def build_datamodule(data_cfg: Mapping[str, Any], **overrides: Any) -> ImageDataModule:
@@ -18,13 +17,7 @@ def build_datamodule(data_cfg: Mapping[str, Any], **overrides: Any) -> ImageData
         ConfigError: the config does not build an ImageDataModule (the error names ``data``);
             a PWLError raised by the data module itself is passed on as it is.
     """
-    try:
-        dm = hydra.utils.instantiate({**data_cfg, **overrides}, _convert_="all")
-    except hydra.errors.InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, PWLError):
-            raise cause from None
-        raise ConfigError(f"data: {cause}") from None
+    dm = instantiate_as({**data_cfg, **overrides}, "data")
     if not isinstance(dm, ImageDataModule):
         raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
     dm.setup()

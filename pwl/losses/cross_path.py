@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pwl.errors import ConfigError
+from pwl.hybrid import masks_for_order
 from pwl.losses.base import DistillOutputs, LossTerm
 from pwl.losses.terms import check_temperature, kd_loss
 
@@ -20,13 +21,13 @@ TARGETS = ("kd", "ce", "both")
 
 
 def prefix_masks(num_blocks: int) -> list[str]:
-    """Every ``T^k S^(N-k)`` with 0 < k < N."""
-    return ["T" * k + "S" * (num_blocks - k) for k in range(1, num_blocks)]
+    """Every ``T^k S^(N-k)`` with 0 < k < N: the prefix order without its pure ends."""
+    return masks_for_order("prefix", num_blocks)[1:-1]
 
 
 def suffix_masks(num_blocks: int) -> list[str]:
-    """Every ``S^(N-k) T^k`` with 0 < k < N."""
-    return ["S" * (num_blocks - k) + "T" * k for k in range(1, num_blocks)]
+    """Every ``S^(N-k) T^k`` with 0 < k < N: the suffix order without its pure ends."""
+    return masks_for_order("suffix", num_blocks)[1:-1]
 
 
 def random_mixed_mask(num_blocks: int) -> str:
