@@ -3,9 +3,8 @@
     python experiments/reproduce.py [--experiment fmnist_resnet_narrow] [--runs DIR]
                                     [--results DIR] [--force] [-- extra Hydra overrides]
 
-Steps: teacher -> distill (``--loss``, default pwl_all) -> distill baseline (loss=kd,
-same budget)
--> stage evaluation of both on the test split -> bundle export -> report.
+Steps: teacher -> distill (``--loss``, default pwl) -> distill baseline (loss=kd, same
+budget) -> stage evaluation of both on the test split -> bundle export -> report.
 A step whose outputs exist is skipped (use --force to redo), so an interrupted
 run continues where it stopped. The results directory receives the report,
 ``reproduce.json`` (commands, wall times, checks) and ``README.md``.
@@ -30,10 +29,17 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from report import report  # noqa: E402
 
 
+def portable(cmd: list[str]) -> str:
+    """The command as a user would type it in their clone (activated venv, relative paths)."""
+    root = f"{ROOT}/"
+    words = ["python" if c == sys.executable else c.replace(root, "") for c in cmd]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
          earlier: dict[str, float]) -> None:
     """Runs one step unless its output exists; a skipped step keeps its earlier wall time."""
-    shown = " ".join(shlex.quote(c) for c in cmd)
+    shown = portable(cmd)
     if done.exists() and not force:
         print(f"[{name}] done before ({done}); skipping", flush=True)
         log.append({"step": name, "command": shown, "seconds": earlier.get(name),
@@ -103,7 +109,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None,
                         help="tables and plots (default experiments/results/<experiment>)")
     parser.add_argument("--force", action="store_true", help="redo finished steps")
-    parser.add_argument("--loss", default="pwl_all",
+    parser.add_argument("--loss", default="pwl",
                         help="the PWL loss preset (pwl: one random mixed path per step; "
                              "pwl_all: every prefix path, smoother prefix curves)")
     parser.add_argument("--only", choices=("teacher",), default=None,
@@ -148,7 +154,8 @@ def main() -> None:
     n = len(next(iter(pwl_stages))[1])
     # The quality bars are set for the Fashion-MNIST experiments.
     results_checks = checks(pwl_stages, kd_stages, n) if exp.startswith("fmnist") else []
-    shown = f"python experiments/report.py {pwl_run / 'eval'} {kd_run / 'eval'} --out {results}"
+    shown = portable([sys.executable, "experiments/report.py", str(pwl_run / "eval"),
+                      str(kd_run / "eval"), "--out", str(results)])
     log.append({"step": "report", "command": shown,
                 "seconds": round(time.perf_counter() - start, 1), "skipped": False})
     total = sum(s["seconds"] or 0 for s in log)
