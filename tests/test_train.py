@@ -108,21 +108,28 @@ def test_mismatched_teacher_names_file_and_architecture(tmp_path):
     assert "pwl.models.resnet" in result.stderr
 
 
-def test_same_seed_gives_the_same_stages_csv(tmp_path):
+def test_a_run_repeats_from_its_saved_config(tmp_path):
+    """Same seed, same stages.csv; and the run's .hydra/config.yaml alone is enough to redo it."""
     import csv
 
+    from tests.conftest import TINY
+
     teacher_dir = _train_teacher(tmp_path, "test=false")
+    first, again = tmp_path / "a", tmp_path / "b"
+    runs = [run_module("pwl.train", "stage=distill", f"teacher={teacher_dir}", *TINY, "seed=7",
+                       "trainer.limit_train_batches=3", "test=false", "data.crop_padding=1",
+                       "data.hflip=0.5", f"hydra.run.dir={first}", cwd=tmp_path)]
+    runs.append(run_module("pwl.train", "--config-path", str(first / ".hydra"),
+                           "--config-name", "config", f"hydra.run.dir={again}", cwd=tmp_path))
     tables = []
-    for name in ("a", "b"):
-        run = tmp_path / name
-        train(tiny_train_cfg(run, "stage=distill", f"teacher={teacher_dir}", "seed=7",
-                             "trainer.limit_train_batches=3", "data.crop_padding=1",
-                             "data.hflip=0.5"))
+    for result, run in zip(runs, (first, again)):
+        assert result.returncode == 0, result.stderr[-2000:]
         with (run / "stages.csv").open() as f:
             # ms_per_batch is a time measurement; everything else must repeat exactly.
             tables.append([{k: v for k, v in row.items() if k != "ms_per_batch"}
                            for row in csv.DictReader(f)])
     assert tables[0] == tables[1] and len(tables[0]) == 5
+    assert {row["accuracy"] for row in tables[0]} != {tables[0][0]["accuracy"]}
 
 
 def test_wandb_logger_defaults_to_offline_and_keeps_the_stages_table(tmp_path, monkeypatch):

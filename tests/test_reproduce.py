@@ -1,0 +1,75 @@
+"""experiments/reproduce.py: the quality bars, and a whole tiny run that resumes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import reproduce  # noqa: E402
+
+
+def stages(prefix: list[float]) -> dict[tuple[str, str], float]:
+    n = len(prefix) - 1
+    return {("prefix", "T" * k + "S" * (n - k)): acc for k, acc in enumerate(prefix)}
+
+
+def failed(pwl_prefix: list[float], kd_student: float) -> list[str]:
+    kd = stages([kd_student] + [0.1] * (len(pwl_prefix) - 1))
+    results = reproduce.checks(stages(pwl_prefix), kd, len(pwl_prefix) - 1)
+    return [c["check"] for c in results if not c["ok"]]
+
+
+def test_checks_pass_a_good_curve():
+    assert failed([0.875, 0.881, 0.890, 0.894, 0.923], kd_student=0.872) == []
+
+
+@pytest.mark.parametrize("prefix,kd_student,bar", [
+    ([0.875, 0.881, 0.890, 0.894, 0.919], 0.872, "teacher >= 92%"),
+    ([0.910, 0.915, 0.918, 0.920, 0.925], 0.905, "teacher - student >= 2 points"),
+    ([0.875, 0.881, 0.890, 0.894, 0.923], 0.890, "within 1 point of the KD baseline"),
+    ([0.875, 0.881, 0.874, 0.894, 0.923], 0.872, "no drop > 0.5 points"),
+])
+def test_checks_name_the_missed_bar(prefix, kd_student, bar):
+    missed = failed(prefix, kd_student)
+    assert len(missed) == 1 and bar in missed[0]
+
+
+def test_portable_command_drops_the_interpreter_and_the_clone_path():
+    cmd = [sys.executable, "-m", "pwl.train", f"teacher={ROOT / 'runs' / 't'}", "a b"]
+    assert reproduce.portable(cmd) == "python -m pwl.train teacher=runs/t 'a b'"
+
+
+def test_reproduce_runs_every_step_then_resumes(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    cmd = [sys.executable, "experiments/reproduce.py", "--runs", str(runs), "--results",
+           str(results), *TINY, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+           "trainer.limit_test_batches=1"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    summary = json.loads((results / "reproduce.json").read_text())
+    names = [s["step"] for s in summary["steps"]]
+    assert names == ["teacher", "distill pwl", "distill kd", "evaluate distill_pwl",
+                     "evaluate distill_kd", "export", "report"]
+    assert not any(s["skipped"] for s in summary["steps"])
+    assert [c["check"] for c in summary["checks"]][0] == "teacher >= 92%"
+    assert (runs / "bundle" / "manifest.json").is_file()
+    readme = (results / "README.md").read_text()
+    assert "`python -m pwl.train stage=teacher experiment=fmnist_resnet_narrow" in readme
+    assert sys.executable not in readme
+    assert "| student |" in readme and "| teacher |" in readme
+    for line in first.stdout.splitlines()[-len(summary["checks"]):]:
+        assert line.strip().startswith(("[ok]", "[FAIL]"))
+
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = json.loads((results / "reproduce.json").read_text())
+    trained = [s for s in again["steps"] if s["step"] != "report"]
+    assert all(s["skipped"] for s in trained)
+    assert [s["seconds"] for s in trained] == [s["seconds"] for s in summary["steps"][:-1]]
