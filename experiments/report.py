@@ -155,6 +155,7 @@ def plots(runs: list[Run], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in runs:
@@ -171,6 +172,7 @@ def plots(runs: list[Run], out: Path) -> None:
                 ax.plot(xs, [100 * y for y in ys], marker="o",
                         linestyle={"prefix": "-", "suffix": "--", "window": ":"}[order],
                         label=f"{r.label} · {order}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("teacher blocks loaded (k)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
