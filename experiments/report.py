@@ -38,6 +38,12 @@ class Run:
     label: str = ""
 
 
+def shown(path: Path) -> str:
+    """A run's path as the reader will type it: relative to the working directory when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _read_yaml(path: Path):
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
@@ -123,7 +129,7 @@ def markdown(runs: list[Run]) -> str:
            "Accuracy (%) on the evaluation split; one column per run.", ""]
     for r in runs:
         n = len(r.rows[0]["mask"])
-        out.append(f"- **{r.label}**: N={n}, `{r.path}`")
+        out.append(f"- **{r.label}**: N={n}, `{shown(r.path)}`")
     orders = [o for o in ORDER_TITLES if any(row["order"] == o for r in runs for row in r.rows)]
     for order in orders:
         keys = sorted({row_key(row["mask"], order) for r in runs for row in r.rows
@@ -203,7 +209,7 @@ def write_csv(runs: list[Run], path: Path) -> None:
         w.writerow(["run", "path", "order", "k", "mask", "accuracy", "bytes_loaded"])
         for r in runs:
             for row in r.rows:
-                w.writerow([r.label, r.path, row["order"], row["k"], row["mask"],
+                w.writerow([r.label, shown(r.path), row["order"], row["k"], row["mask"],
                             row["accuracy"], row["bytes_loaded"]])
 
 
