@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="redo finished steps")
     parser.add_argument("--loss", default="pwl",
                         help="the PWL loss preset (pwl: one random mixed path per step; "
-                             "pwl_all: every prefix path, smoother prefix curves)")
+                             "pwl_all: every prefix path per step; see "
+                             "experiments/results/fmnist_resnet_narrow_choices)")
     parser.add_argument("--only", choices=("teacher",), default=None,
                         help="stop after this step (e.g. to share a teacher with a sweep)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every stage")
