@@ -7,7 +7,7 @@ import torch
 
 from pwl.checkpoint import HYBRID_FILE, TEACHER_FILE, load_hybrid, read_model_cfg
 from pwl.train import train
-from tests.conftest import run_module, tiny_train_cfg
+from tests.conftest import TINY, run_module, tiny_train_cfg
 
 
 def _train_teacher(tmp_path: Path, *overrides: str) -> Path:
@@ -111,8 +111,6 @@ def test_mismatched_teacher_names_file_and_architecture(tmp_path):
 def test_a_run_repeats_from_its_saved_config(tmp_path):
     """Same seed, same stages.csv; and the run's .hydra/config.yaml alone is enough to redo it."""
     import csv
-
-    from tests.conftest import TINY
 
     teacher_dir = _train_teacher(tmp_path, "test=false")
     first, again = tmp_path / "a", tmp_path / "b"
