@@ -58,7 +58,7 @@ sweep-losses: install ## Multirun: alignment distances x cross-path modes on the
 	$(PY) -m pwl.train -m stage=distill experiment=$(EXPERIMENT) logger=csv \
 	  teacher=runs/reproduce/$(EXPERIMENT)/teacher sweep=alignment_losses \
 	  loss.terms.cross_path.mode=random,all_prefix hydra.sweep.dir=multirun/sweep-losses
-	$(PY) experiments/report.py multirun/sweep-losses --out experiments/results/sweep-losses
+	$(PY) -m pwl.report multirun/sweep-losses --out experiments/results/sweep-losses
 
 reproduce-cifar10: install ## CIFAR-10 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
 	$(PY) experiments/reproduce.py --experiment cifar10_resnet trainer=gpu

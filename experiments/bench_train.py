@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from pwl.build import to_dict
+from pwl.config import to_dict
 from pwl.lit import DistillModule
 from pwl.losses import DistillOutputs
 

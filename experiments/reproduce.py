@@ -13,7 +13,6 @@ run continues where it stopped. The results directory receives the report,
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import shlex
@@ -24,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from pwl.report import report
+from pwl.stages import read_stages
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-from report import report  # noqa: E402
 
 
 def portable(cmd: list[str]) -> str:
@@ -56,9 +56,9 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
     print(f"[{name}] {seconds / 60:.1f} min", flush=True)
 
 
-def read_stages(path: Path) -> dict[tuple[str, str], float]:
-    with path.open() as f:
-        return {(r["order"], r["mask"]): float(r["accuracy"]) for r in csv.DictReader(f)}
+def accuracies(path: Path) -> dict[tuple[str, str], float]:
+    """Accuracy by (order, mask) of an evaluation's stages CSV."""
+    return {(r.order, r.mask): r.accuracy for r in read_stages(path)}
 
 
 def checks(pwl: dict, kd: dict, n: int) -> list[dict]:
@@ -150,12 +150,12 @@ def main() -> None:
 
     start = time.perf_counter()
     report([pwl_run / "eval", kd_run / "eval"], results, split="test")
-    pwl_stages = read_stages(pwl_run / "eval" / "stages.csv")
-    kd_stages = read_stages(kd_run / "eval" / "stages.csv")
+    pwl_stages = accuracies(pwl_run / "eval" / "stages.csv")
+    kd_stages = accuracies(kd_run / "eval" / "stages.csv")
     n = len(next(iter(pwl_stages))[1])
     # The quality bars are set for the Fashion-MNIST experiments.
     results_checks = checks(pwl_stages, kd_stages, n) if exp.startswith("fmnist") else []
-    shown = portable([sys.executable, "experiments/report.py", str(pwl_run / "eval"),
+    shown = portable([sys.executable, "-m", "pwl.report", str(pwl_run / "eval"),
                       str(kd_run / "eval"), "--out", str(results)])
     log.append({"step": "report", "command": shown,
                 "seconds": round(time.perf_counter() - start, 1), "skipped": False})

@@ -6,7 +6,8 @@ features between the two networks so that any mix of blocks works.
 """
 
 from pwl.blocks import BlockNet
-from pwl.hybrid import HybridNet, masks_for_order, validate_mask
+from pwl.hybrid import HybridNet
+from pwl.masks import masks_for_order, validate_mask
 
 __all__ = ["BlockNet", "HybridNet", "masks_for_order", "validate_mask"]
 __version__ = "0.1.0"

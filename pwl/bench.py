@@ -5,7 +5,7 @@
     python -m pwl.bench random_pair=false bundle=<dir> bandwidths=[null,20MB]
 
 For every target and read rate it measures, each variant in a fresh process
-(``pwl.runtime.measure``): (a) the whole teacher from one safetensors file,
+(``pwl.bench_worker``): (a) the whole teacher from one safetensors file,
 (b) the whole teacher through ``torch.load`` of a Lightning-style checkpoint,
 (c) the bundle, student first. Times to first answer and peak memory are given
 as ratios to (a), beside the bytes ratio (bytes read before the first answer
@@ -36,18 +36,13 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from pwl.bench_worker import CKPT_PREFIX, VARIANTS
 from pwl.blocks import BlockNet
 from pwl.build import build_hybrid
 from pwl.cli import human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.errors import ConfigError, PWLError
-from pwl.runtime.bundle import (
-    STUDENT_FILE,
-    export_bundle,
-    load_bundle_hybrid,
-    module_tensors,
-    read_manifest,
-)
-from pwl.runtime.measure import CKPT_PREFIX, VARIANTS
+from pwl.export import export_bundle, module_tensors
+from pwl.runtime import STUDENT_FILE, load_bundle_hybrid, read_manifest
 from pwl.runtime.storage import parse_bandwidth
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
@@ -132,8 +127,8 @@ def evict(paths: Iterable[Path]) -> None:
 
 
 def run_variant(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Runs ``pwl.runtime.measure`` in a fresh process and returns its result."""
-    proc = subprocess.run([sys.executable, "-m", "pwl.runtime.measure", json.dumps(spec)],
+    """Runs ``pwl.bench_worker`` in a fresh process and returns its result."""
+    proc = subprocess.run([sys.executable, "-m", "pwl.bench_worker", json.dumps(spec)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

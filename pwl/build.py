@@ -1,8 +1,9 @@
-"""Builds teacher, student, adapters and the hybrid from a model config.
+"""Builds models and data modules from configs.
 
 A model config (``conf/model/*.yaml``) holds ``teacher`` and ``student`` (each
 a ``_target_`` builder), ``adapter`` (the adapter kind) and ``input_shape``
 ([C, H, W]). It is saved with every run so the models can be rebuilt later.
+A data config (``conf/data/*.yaml``) builds an ``ImageDataModule``.
 """
 
 from __future__ import annotations
@@ -10,37 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
 from pwl.adapters import Adapters
 from pwl.blocks import BlockNet
-from pwl.errors import ConfigError, PWLError
+from pwl.config import instantiate_as
+from pwl.data.datamodule import ImageDataModule
+from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
 
 REQUIRED = ("teacher", "student", "input_shape")
-
-
-def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
-    """A plain, resolved dict of a (possibly OmegaConf) config."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
-
-
-def instantiate_as(cfg: Mapping[str, Any], key: str) -> Any:
-    """Instantiates a ``_target_`` config; failures become errors naming config ``key``.
-
-    A PWLError raised by the built object itself (a bad width, a missing file) is
-    passed on as it is.
-    """
-    try:
-        return hydra.utils.instantiate(cfg, _convert_="all")
-    except hydra.errors.InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, PWLError):
-            raise cause from None
-        raise ConfigError(f"{key}: {cause}") from None
 
 
 def build_net(cfg: Mapping[str, Any], role: str) -> BlockNet:
@@ -78,3 +56,17 @@ def build_hybrid(cfg: Mapping[str, Any], teacher: BlockNet | None = None) -> Hyb
     adapters = Adapters.between(teacher, student, tuple(cfg["input_shape"]),
                                 cfg.get("adapter", "linear"))
     return HybridNet(teacher, student, adapters)
+
+
+def build_datamodule(data_cfg: Mapping[str, Any], **overrides: Any) -> ImageDataModule:
+    """Instantiates ``data_cfg`` (with ``overrides`` replacing its keys) and sets it up.
+
+    Raises:
+        ConfigError: the config does not build an ImageDataModule (the error names ``data``);
+            a PWLError raised by the data module itself is passed on as it is.
+    """
+    dm = instantiate_as({**data_cfg, **overrides}, "data")
+    if not isinstance(dm, ImageDataModule):
+        raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
+    dm.setup()
+    return dm

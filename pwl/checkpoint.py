@@ -1,138 +1,34 @@
-"""Model files of a run directory, and loading them back.
+"""Any trained artefact back as a HybridNet: a distill run dir, a Lightning ``.ckpt`` or a bundle.
 
-A teacher run writes ``teacher.safetensors`` and ``model.yaml`` (the resolved
-model config); a distill run writes ``hybrid.safetensors`` (teacher, student
-and adapters) and ``model.yaml``. Lightning ``.ckpt`` files of either stage
-can be loaded too; they carry the model config in their hyper-parameters.
+Used by the entry points that take ``checkpoint=`` (evaluate, export, plan).
+Lightning ``.ckpt`` files carry the model config in their hyper-parameters.
 The data config of a run is the ``data`` section of ``<run>/.hydra/config.yaml``
 (or of a bundle's ``manifest.json``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from pwl.blocks import BlockNet
-from pwl.build import build_hybrid, build_net, to_dict
+from pwl.build import build_hybrid
 from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
+from pwl.runtime.manifest import MANIFEST, read_manifest
+from pwl.runtime.materialise import load_bundle_hybrid
+from pwl.weights import HYBRID_FILE, MODEL_YAML, load_weights, read_model_cfg
 
-MODEL_YAML = "model.yaml"
-TEACHER_FILE = "teacher.safetensors"
-HYBRID_FILE = "hybrid.safetensors"
-MANIFEST_FILE = "manifest.json"
 RUN_CONFIG = ".hydra/config.yaml"
-
-
-def save_weights(module: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None
-                 ) -> Path:
-    """Writes a module's state dict (parameters and buffers) as safetensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata=dict(metadata or {}))
-    return path
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); "
-                              "it is truncated or corrupt, re-create it") from None
-
-
-def load_weights(module: nn.Module, path: str | Path, what: str) -> None:
-    """Loads ``path`` into ``module``; a mismatch names the file and the expected model."""
-    state = read_weights(path)
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            details.append(f"{len(wrong)} of other shape (e.g. {k}: file "
-                           f"{tuple(state[k].shape)}, expected {tuple(expected[k].shape)})")
-        raise CheckpointError(f"{path} does not match the {what}: " + ", ".join(details))
-    module.load_state_dict(state)
-
-
-def save_model_cfg(cfg: Mapping[str, Any], run_dir: str | Path) -> Path:
-    path = Path(run_dir) / MODEL_YAML
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
-
-
-def read_model_cfg(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; a run directory holds the model.yaml "
-                              "its weights were trained with")
-    return yaml.safe_load(path.read_text())
-
-
-def describe(cfg: Mapping[str, Any]) -> str:
-    """One line naming an architecture: its builder and its main arguments."""
-    args = ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "_target_")
-    return f"{cfg.get('_target_', '?')}({args})"
-
-
-def teacher_file(path: str | Path) -> Path:
-    """The teacher weights file of a teacher run directory, or the file itself."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / TEACHER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"teacher weights {path} do not exist; train a teacher with "
-                              "`python -m pwl.train stage=teacher` and pass its run directory "
-                              "as teacher=<dir>")
-    return path
-
-
-def load_teacher(path: str | Path, teacher_cfg: Mapping[str, Any]) -> BlockNet:
-    """Builds the teacher of ``teacher_cfg`` and loads the weights at ``path``.
-
-    ``path`` is a teacher run directory or its ``teacher.safetensors``.
-    """
-    file = teacher_file(path)
-    teacher = build_net(teacher_cfg, "teacher")
-    try:
-        load_weights(teacher, file, f"expected teacher {describe(teacher_cfg)}")
-    except CheckpointError as e:
-        saved = file.parent / MODEL_YAML
-        if saved.is_file():
-            trained = read_model_cfg(saved).get("teacher", {})
-            raise CheckpointError(f"{e}; it was trained as {describe(trained)}; use the same "
-                                  "model config for distillation") from None
-        raise
-    return teacher
 
 
 def load_hybrid(path: str | Path) -> tuple[HybridNet, dict[str, Any]]:
     """A trained HybridNet and its model config from a distill run dir, file or checkpoint."""
     path = Path(path)
-    if path.is_dir() and (path / MANIFEST_FILE).is_file():
-        from pwl.runtime.bundle import load_bundle_hybrid
+    if path.is_dir() and (path / MANIFEST).is_file():
         return load_bundle_hybrid(path)
     if path.suffix == ".ckpt":
         return _hybrid_from_ckpt(path)
@@ -172,10 +68,9 @@ def saved_data_cfg(checkpoint: str | Path, *, fix: str
         and that file's path; ``(None, None)`` when there is none.
     """
     run = run_dir_of(checkpoint)
-    if (run / MANIFEST_FILE).is_file():
-        from pwl.runtime.bundle import read_manifest
+    if (run / MANIFEST).is_file():
         data = read_manifest(run).get("data")
-        return (data, run / MANIFEST_FILE) if data else (None, None)
+        return (data, run / MANIFEST) if data else (None, None)
     path = run / RUN_CONFIG
     if not path.is_file():
         return None, None

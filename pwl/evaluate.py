@@ -24,11 +24,12 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from pwl.build import build_datamodule
 from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import user_errors_as_one_line
-from pwl.data import build_datamodule
 from pwl.errors import CheckpointError, ConfigError
-from pwl.stages import StageResult, evaluate_stages, resolve_masks, write_stages
+from pwl.masks import resolve_masks
+from pwl.stages import StageResult, evaluate_stages, write_stages
 
 DATA_OVERRIDE = re.compile(r"^[+~]*data([.=]|$)")
 

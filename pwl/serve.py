@@ -28,10 +28,11 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from pwl.build import build_datamodule
 from pwl.cli import human_bytes, make_console, run_dir, user_errors_as_one_line
-from pwl.data import build_datamodule
 from pwl.errors import ConfigError
-from pwl.runtime.bundle import import_builders, read_manifest
+from pwl.runtime.manifest import read_manifest
+from pwl.runtime.materialise import import_builders
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 
 TIMELINE_COLUMNS = ("t", "stage", "mask", "batch_accuracy", "running_accuracy",

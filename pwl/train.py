@@ -17,11 +17,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pwl.build import to_dict
-from pwl.checkpoint import HYBRID_FILE, TEACHER_FILE, save_model_cfg, save_weights
 from pwl.cli import finish_wandb, user_errors_as_one_line
+from pwl.config import to_dict
 from pwl.errors import ConfigError
 from pwl.lit import DistillModule, TeacherModule
+from pwl.weights import HYBRID_FILE, TEACHER_FILE, save_model_cfg, save_weights
 
 STAGES = ("teacher", "distill")
 MONITOR = {"teacher": "val/acc", "distill": "stages/prefix_auc"}

@@ -9,16 +9,10 @@ from torch import nn
 from pwl.build import build_hybrid
 from pwl.checkpoint import load_hybrid
 from pwl.errors import CheckpointError, MaskError
-from pwl.hybrid import masks_for_order
+from pwl.export import export_bundle
+from pwl.masks import loading_masks, masks_for_order
 from pwl.models.resnet import resnet
-from pwl.runtime import (
-    ProgressiveModel,
-    export_bundle,
-    load_bundle_hybrid,
-    loading_masks,
-    teacher_block_file,
-    verify,
-)
+from pwl.runtime import ProgressiveModel, load_bundle_hybrid, teacher_block_file, verify
 from tests.conftest import model_cfg
 
 STAGES = [{"mask": "SSSS", "accuracy": 0.5}, {"mask": "TSSS", "accuracy": 0.6},

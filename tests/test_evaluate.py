@@ -8,11 +8,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from pwl.build import build_hybrid
-from pwl.checkpoint import load_hybrid, run_dir_of, save_model_cfg, save_weights, saved_data_cfg
+from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
 from pwl.data import SyntheticDataModule
 from pwl.errors import CheckpointError, ConfigError, MaskError
 from pwl.evaluate import evaluate
-from pwl.stages import COLUMNS, read_csv
+from pwl.stages import COLUMNS, read_stages
+from pwl.weights import save_model_cfg, save_weights
 from tests.conftest import CONF_DIR, model_cfg, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_evaluate_uses_the_runs_data_and_writes_the_files(run_dir, tmp_path):
     out = tmp_path / "out"
     result = run_evaluate([f"checkpoint={run_dir}", f"out={out}", "orders=[prefix,suffix]",
                            "device=cpu"])
-    rows = read_csv(out / "stages.csv")
+    rows = read_stages(out / "stages.csv")
     assert (out / "stages.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     assert [(r.order, r.k) for r in rows] == [(o, k) for o in ("prefix", "suffix")
                                               for k in range(5)]
@@ -111,7 +112,7 @@ def test_a_lightning_checkpoint_uses_its_runs_data(run_dir, tmp_path):
 
 
 def test_a_bundle_uses_the_data_of_its_manifest(run_dir, tmp_path):
-    from pwl.runtime.bundle import export_bundle
+    from pwl.export import export_bundle
 
     hybrid, cfg = load_hybrid(run_dir)
     bundle = export_bundle(hybrid, cfg, tmp_path / "bundle",
@@ -141,7 +142,7 @@ def test_command_line(run_dir, tmp_path):
     ok = run_module("pwl.evaluate", f"checkpoint={run_dir}", "orders=[prefix]",
                     f"hydra.run.dir={hydra_dir}", cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
-    assert len(read_csv(hydra_dir / "stages.csv")) == 5
+    assert len(read_stages(hydra_dir / "stages.csv")) == 5
     assert "prefix AUC" in ok.stdout and "stages.csv" in ok.stdout
 
     bad = run_module("pwl.evaluate", f"checkpoint={tmp_path}/nope",

@@ -3,7 +3,7 @@ import torch
 
 from pwl.build import build_hybrid
 from pwl.errors import ConfigError, MaskError
-from pwl.hybrid import masks_for_order, teacher_blocks, validate_mask
+from pwl.masks import masks_for_order, teacher_blocks, validate_mask
 from tests.conftest import MODEL_CONFIGS, model_cfg
 
 

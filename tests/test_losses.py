@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from pwl.build import build_hybrid
 from pwl.errors import ConfigError
-from pwl.hybrid import masks_for_order
 from pwl.losses import (
     DISTANCES,
     CrossPath,
@@ -23,6 +22,7 @@ from pwl.losses import (
     random_mixed_mask,
 )
 from pwl.losses.distances import cka
+from pwl.masks import masks_for_order
 from tests.conftest import CONF_DIR, compose_cfg, model_cfg
 
 FIXTURE = Path(__file__).parent / "fixtures" / "losses.json"

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from pwl.errors import CheckpointError, ConfigError, MaskError
-from pwl.hybrid import masks_for_order
-from pwl.runtime import ProgressiveModel, loading_masks, parse_bandwidth
-from pwl.runtime.bundle import adapters_used
+from pwl.masks import adapters_used, loading_masks, masks_for_order
+from pwl.runtime import ProgressiveModel, parse_bandwidth
 from pwl.runtime.storage import LoadingStopped, Pacer
 from tests.test_bundle import export_tiny, flip_byte, truncate
 

@@ -6,11 +6,11 @@ import torch
 from omegaconf import OmegaConf
 
 from pwl.bench import bundle_target, measure_target
-from pwl.checkpoint import save_model_cfg, save_weights
+from pwl.bench_worker import VARIANTS
 from pwl.export import read_stage_rows
-from pwl.hybrid import masks_for_order
+from pwl.masks import masks_for_order
 from pwl.runtime import load_bundle_hybrid, read_manifest
-from pwl.runtime.measure import VARIANTS
+from pwl.weights import save_model_cfg, save_weights
 from tests.conftest import CONF_DIR, model_cfg, run_module
 from tests.test_bundle import export_tiny, tiny_hybrid
 

@@ -10,7 +10,7 @@ from pwl.build import build_hybrid
 from pwl.callbacks import StageEval, stage_eval
 from pwl.data import SyntheticDataModule
 from pwl.errors import ConfigError, MaskError
-from pwl.stages import COLUMNS, read_csv
+from pwl.stages import COLUMNS, read_stages
 from tests.conftest import model_cfg
 
 N = 4
@@ -80,7 +80,7 @@ def test_fit_writes_the_prefix_curve_of_every_epoch(tmp_path, monkeypatch):
     t = trainer(tmp_path, [callback], CSVLogger(tmp_path))
     t.fit(module, datamodule=dm)
 
-    rows = read_csv(tmp_path / "stages.csv")
+    rows = read_stages(tmp_path / "stages.csv")
     assert [(r.epoch, r.order, r.k) for r in rows] == \
         [(e, "prefix", k) for e in (0, 1) for k in range(N + 1)]
     assert len(evaluations) == 2, "the sanity-check validation is not evaluated"
@@ -104,19 +104,19 @@ def test_fit_writes_the_prefix_curve_of_every_epoch(tmp_path, monkeypatch):
         assert "stages/prefix/k0" in f.readline()
 
     t.test(module, datamodule=dm)
-    test_rows = read_csv(tmp_path / "stages_test.csv")
+    test_rows = read_stages(tmp_path / "stages_test.csv")
     assert [r.mask for r in test_rows] == ["T" * k + "S" * (N - k) for k in range(N + 1)]
     assert test_rows[N].accuracy == accuracy_alone(module.hybrid.teacher, dm,
                                                    dm.test_dataloader())
     assert "stages_test/prefix_auc" in t.callback_metrics
-    assert len(read_csv(tmp_path / "stages.csv")) == 2 * (N + 1), "test rows stay apart"
+    assert len(read_stages(tmp_path / "stages.csv")) == 2 * (N + 1), "test rows stay apart"
 
 
 def test_every_n_epochs_and_explicit_masks(tmp_path):
     callback = StageEval(orders=["TSTS", "suffix"], every_n_epochs=2, out_dir=str(tmp_path / "o"),
                          log_wandb=False)
     trainer(tmp_path, [callback], False, epochs=3).fit(TinyDistill(), datamodule=datamodule())
-    rows = read_csv(tmp_path / "o" / "stages.csv")
+    rows = read_stages(tmp_path / "o" / "stages.csv")
     assert {r.epoch for r in rows} == {1}
     assert [(r.order, r.mask) for r in rows][:2] == [("custom", "TSTS"), ("suffix", "SSSS")]
 
@@ -167,7 +167,7 @@ def test_ddp_counts_are_summed_over_processes(tmp_path):
               callbacks=[StageEval(orders=["prefix"])], default_root_dir=tmp_path,
               enable_progress_bar=False, enable_model_summary=False,
               enable_checkpointing=False, num_sanity_val_steps=0).fit(module, datamodule=dm)
-    rows = read_csv(tmp_path / "stages.csv")
+    rows = read_stages(tmp_path / "stages.csv")
     assert len(rows) == N + 1, "rank 0 alone writes the files"
     (evaluation,) = json.loads((tmp_path / "stages.json").read_text())["evaluations"]
     assert evaluation["samples"] == 96 and evaluation["batches"] == 2 * 3

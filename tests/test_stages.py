@@ -7,13 +7,12 @@ import torch
 
 from pwl.build import build_hybrid
 from pwl.errors import ConfigError, MaskError
-from pwl.hybrid import masks_for_order
+from pwl.masks import masks_for_order, resolve_masks
 from pwl.stages import (
     COLUMNS,
     StageEvaluator,
     evaluate_stages,
-    read_csv,
-    resolve_masks,
+    read_stages,
     write_stages,
 )
 from tests.conftest import model_cfg
@@ -178,7 +177,7 @@ def test_files_follow_the_contract(hybrid, batches, tmp_path):
     assert header == ["epoch", "order", "k", "mask", "accuracy", "teacher_params",
                       "bytes_loaded", "ms_per_batch"]
     assert tuple(header) == COLUMNS
-    rows = read_csv(paths["csv"])
+    rows = read_stages(paths["csv"])
     # One row per (epoch, order, mask): SSSS and TTTT appear under prefix and suffix.
     assert len(rows) == 2 * 10
     assert [(r.epoch, r.order, r.k) for r in rows[:5]] == [(0, "prefix", k) for k in range(5)]

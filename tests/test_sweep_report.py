@@ -1,15 +1,13 @@
 """A real multirun sweep over two axes, and the report built from its run directories."""
 
 import csv
-import sys
 from pathlib import Path
 
+from pwl import report
 from pwl.train import train
 from tests.conftest import TINY, run_module, tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-import report  # noqa: E402
 
 
 def test_multirun_sweep_and_report(tmp_path):

@@ -5,8 +5,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from pwl.checkpoint import HYBRID_FILE, TEACHER_FILE, load_hybrid, read_model_cfg
+from pwl.checkpoint import load_hybrid
 from pwl.train import train
+from pwl.weights import HYBRID_FILE, TEACHER_FILE, read_model_cfg
 from tests.conftest import TINY, run_module, tiny_train_cfg
 
 
@@ -154,7 +155,7 @@ def test_wandb_logger_defaults_to_offline_and_keeps_the_stages_table(tmp_path, m
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
     import pytest
 
-    from pwl.build import to_dict
+    from pwl.config import to_dict
     from pwl.lit import DistillModule
 
     cfg = tiny_train_cfg(tmp_path)

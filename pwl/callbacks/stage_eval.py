@@ -21,14 +21,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pwl.errors import ConfigError
-from pwl.stages import (
-    COLUMNS,
-    StageEvaluator,
-    StageResult,
-    StageRow,
-    resolve_masks,
-    write_stages,
-)
+from pwl.masks import resolve_masks
+from pwl.stages import COLUMNS, StageEvaluator, StageResult, StageRow, write_stages
 
 SPLITS = ("val", "test")
 

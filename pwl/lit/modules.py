@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from pwl.build import build_hybrid, build_teacher
-from pwl.checkpoint import load_teacher
 from pwl.lit.optim import build_optimizer, build_scheduler
 from pwl.losses import DistillOutputs, build_loss
+from pwl.weights import load_teacher
 
 
 class _Optimized(L.LightningModule):

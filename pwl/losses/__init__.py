@@ -6,7 +6,7 @@ plugin reads one step's ``DistillOutputs`` and returns a scalar.
 
 from pwl.losses.base import DistillOutputs, LossTerm
 from pwl.losses.compose import PLUGINS, WeightedSum, build_loss, build_term
-from pwl.losses.cross_path import CrossPath, random_mixed_mask
+from pwl.losses.cross_path import CrossPath
 from pwl.losses.distances import DISTANCES, get_distance
 from pwl.losses.terms import (
     CrossEntropy,
@@ -31,5 +31,4 @@ __all__ = [
     "build_term",
     "get_distance",
     "kd_loss",
-    "random_mixed_mask",
 ]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pwl.hybrid import HybridNet
+from pwl.masks import first_switch
 
 
 @dataclass
@@ -56,12 +57,11 @@ class DistillOutputs:
         Results are memoised per step, so two plugins asking for one mask share it.
         """
         if mask not in self._mixed:
-            first = mask[0]
-            switch = next((i for i, who in enumerate(mask) if who != first), None)
+            switch = first_switch(mask)
             if switch is None:
-                self._mixed[mask] = self.feats(first)[-1]
+                self._mixed[mask] = self.feats(mask[0])[-1]
             else:
-                cached = self.feats(first)[switch - 1]
+                cached = self.feats(mask[0])[switch - 1]
                 self._mixed[mask] = self.hybrid.forward_from(switch - 1, cached, mask)
         return self._mixed[mask]
 

@@ -2,8 +2,8 @@
 
 Each mixed mask's logits come from ``DistillOutputs.mixed_logits``, which
 continues from the cached activation at the mask's first switch, so a mask
-costs only the blocks after that switch. Random masks use the global torch RNG,
-which Lightning seeds.
+costs only the blocks after that switch. The masks themselves come from
+``pwl.masks``.
 """
 
 from __future__ import annotations
@@ -12,37 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from pwl.errors import ConfigError
-from pwl.hybrid import masks_for_order
 from pwl.losses.base import DistillOutputs, LossTerm
 from pwl.losses.terms import check_temperature, kd_loss
+from pwl.masks import prefix_masks, random_mixed_mask, suffix_masks
 
 MODES = ("random", "all_prefix", "all_suffix", "sampled")
 TARGETS = ("kd", "ce", "both")
-
-
-def prefix_masks(num_blocks: int) -> list[str]:
-    """Every ``T^k S^(N-k)`` with 0 < k < N: the prefix order without its pure ends."""
-    return masks_for_order("prefix", num_blocks)[1:-1]
-
-
-def suffix_masks(num_blocks: int) -> list[str]:
-    """Every ``S^(N-k) T^k`` with 0 < k < N: the suffix order without its pure ends."""
-    return masks_for_order("suffix", num_blocks)[1:-1]
-
-
-def random_mixed_mask(num_blocks: int) -> str:
-    """A mask with both S and T blocks.
-
-    Half of the time a single switch point (a prefix or suffix mask, uniformly),
-    otherwise any mask that is neither all-S nor all-T, uniformly.
-    """
-    if torch.rand(()).item() < 0.5:
-        single = prefix_masks(num_blocks) + suffix_masks(num_blocks)
-        return single[torch.randint(len(single), (1,)).item()]
-    while True:
-        bits = torch.randint(2, (num_blocks,)).tolist()
-        if 0 < sum(bits) < num_blocks:
-            return "".join("T" if b else "S" for b in bits)
 
 
 class CrossPath(LossTerm):

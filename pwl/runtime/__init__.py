@@ -1,23 +1,16 @@
-"""Deployment runtime: bundles of per-block weight files, and a model that loads them progressively.
+"""Deployment runtime: only what an app that loads a bundle imports.
 
-``export_bundle`` writes a bundle, ``verify`` checks it, ``load_bundle_hybrid``
-reads it whole; ``ProgressiveModel.open`` answers from the student at once and
-``start_loading`` streams the teacher blocks in.
+``manifest`` reads and verifies the bundle format, ``materialise`` builds a
+model on the meta device and fills it from shards, ``ProgressiveModel``
+answers from the student at once and streams the teacher blocks in, and
+``storage`` reads files with checks and an optional bandwidth limit.
+Bundles are written by ``pwl.export``.
 """
 
-from pwl.runtime.bundle import (
-    MANIFEST,
-    STUDENT_FILE,
-    export_bundle,
-    load_bundle_hybrid,
-    loading_masks,
-    read_manifest,
-    teacher_block_file,
-    verify,
-)
+from pwl.runtime.manifest import MANIFEST, STUDENT_FILE, read_manifest, teacher_block_file, verify
+from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 from pwl.runtime.storage import parse_bandwidth
 
-__all__ = ["MANIFEST", "STUDENT_FILE", "LoadEvent", "ProgressiveModel", "export_bundle",
-           "load_bundle_hybrid", "loading_masks", "parse_bandwidth", "read_manifest",
-           "teacher_block_file", "verify"]
+__all__ = ["MANIFEST", "STUDENT_FILE", "LoadEvent", "ProgressiveModel", "load_bundle_hybrid",
+           "parse_bandwidth", "read_manifest", "teacher_block_file", "verify"]

@@ -27,20 +27,10 @@ from typing import Any
 import torch
 
 from pwl.errors import CheckpointError, PWLError
-from pwl.hybrid import HybridNet, teacher_blocks
-from pwl.runtime.bundle import (
-    STUDENT_FILE,
-    LoadingOrder,
-    adapters_used,
-    assign_student,
-    assign_unit,
-    build_empty,
-    check_num_blocks,
-    file_entry_of,
-    loading_masks,
-    read_manifest,
-    teacher_block_file,
-)
+from pwl.hybrid import HybridNet
+from pwl.masks import LoadingOrder, blocks_of_masks, loading_masks, parts_needed, teacher_blocks
+from pwl.runtime.manifest import STUDENT_FILE, file_entry_of, read_manifest, teacher_block_file
+from pwl.runtime.materialise import assign_student, assign_unit, build_empty, check_num_blocks
 from pwl.runtime.storage import LoadingStopped, Pacer, parse_bandwidth, read_tensors
 
 
@@ -261,10 +251,10 @@ class ProgressiveModel:
         pacer = Pacer(self.bandwidth, self._stop)
         teacher = self._hybrid.teacher
         try:
-            for step, (prev, mask) in enumerate(zip(masks, masks[1:]), start=1):
+            blocks = blocks_of_masks(masks, self.num_blocks)
+            for step, (block, mask) in enumerate(zip(blocks, masks[1:]), start=1):
                 if self._stop.is_set():
                     return
-                block = next(i for i in range(self.num_blocks) if prev[i] != mask[i])
                 began = time.perf_counter()
                 rel = teacher_block_file(block)
                 path = self.bundle / rel
@@ -304,8 +294,7 @@ class ProgressiveModel:
 
     def _free_unused(self, remaining: list[str]) -> None:
         """Moves to meta the student blocks and adapters no mask in ``remaining`` uses."""
-        student_needed = {i for m in remaining for i, who in enumerate(m) if who == "S"}
-        adapters_needed = set().union(*(adapters_used(m) for m in remaining))
+        _, student_needed, adapters_needed = parts_needed(remaining)
         for i in range(self.num_blocks):
             if i not in student_needed and i not in self._freed_student:
                 for module in self._hybrid.student.unit_modules(i):

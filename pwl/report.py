@@ -1,6 +1,7 @@
 """Tables and plots of the paper's layout from run and multirun directories.
 
-    python experiments/report.py RUN_OR_MULTIRUN_DIR [...] --out DIR [--split test|val]
+    python -m pwl.report RUN_OR_MULTIRUN_DIR [...] --out DIR [--split test|val]
+    pwl-report RUN_OR_MULTIRUN_DIR [...] --out DIR
 
 Every run directory below the given ones that holds ``stages_test.csv`` (test
 split, from the end of training or ``pwl.evaluate``) or ``stages.csv``
@@ -18,10 +19,13 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+
+from pwl.errors import CheckpointError, PWLError
+from pwl.stages import last_epoch, read_stages
 
 ORDER_TITLES = {"prefix": "Prefix loading (teacher blocks from the input side)",
                 "suffix": "Suffix loading (teacher blocks from the output side)",
@@ -53,15 +57,9 @@ def load_run(run_dir: Path, split: str) -> Run | None:
     for name in files:
         path = run_dir / name
         if path.is_file():
-            with path.open() as f:
-                rows = list(csv.DictReader(f))
+            rows = [asdict(r) for r in last_epoch(read_stages(path))]
             if not rows:
                 continue
-            last = max(int(r["epoch"]) for r in rows)
-            rows = [r for r in rows if int(r["epoch"]) == last]
-            for r in rows:
-                r["k"], r["accuracy"] = int(r["k"]), float(r["accuracy"])
-                r["bytes_loaded"] = int(r["bytes_loaded"])
             hydra_dir = run_dir / ".hydra"
             if not hydra_dir.is_dir() and (run_dir.parent / ".hydra").is_dir():
                 hydra_dir = run_dir.parent / ".hydra"
@@ -78,7 +76,7 @@ def find_runs(roots: list[Path], split: str) -> list[Run]:
     seen, runs = set(), []
     for root in roots:
         if not root.exists():
-            sys.exit(f"error: {root} does not exist")
+            raise CheckpointError(f"{root} does not exist; pass run or multirun directories")
         for csv_path in sorted(root.rglob("stages*.csv")):
             run_dir = csv_path.parent
             if run_dir in seen:
@@ -216,8 +214,8 @@ def write_csv(runs: list[Run], path: Path) -> None:
 def report(roots: list[Path], out: Path, split: str = "test") -> list[Run]:
     runs = find_runs(roots, split)
     if not runs:
-        sys.exit(f"error: no stages.csv or stages_test.csv under {[str(r) for r in roots]}; "
-                 "train with stage=distill or run `python -m pwl.evaluate` first")
+        raise CheckpointError(f"no stages.csv or stages_test.csv under {[str(r) for r in roots]}; "
+                              "train with phase=distill or run `python -m pwl.evaluate` first")
     label_runs(runs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(markdown(runs))
@@ -233,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="test: stages_test.csv when present; val: last epoch of stages.csv")
     args = parser.parse_args(argv)
-    runs = report(args.dirs, args.out, args.split)
+    try:
+        runs = report(args.dirs, args.out, args.split)
+    except PWLError as e:
+        sys.exit(f"error: {e}")
     print(f"{len(runs)} runs -> {args.out / 'report.md'}")
 
 

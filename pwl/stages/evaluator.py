@@ -7,77 +7,25 @@ and hands its output to its children. The prefix order ``TSSS -> TTTT`` of
 N=4 thus runs 14 blocks per batch instead of the 20 that five separate
 forwards would run.
 
-Results are rows of the **contract** ``stages.csv``::
-
-    epoch,order,k,mask,accuracy,teacher_params,bytes_loaded,ms_per_batch
-
-written with ``stages.json`` (the same rows plus per-evaluation metadata) and
-``stages.png`` (accuracy vs k, one line per order).
+Results are rows of the **contract** ``stages.csv`` (``pwl.stages.files``).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, astuple, dataclass, fields
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from pwl.errors import ConfigError, DataError, MaskError
-from pwl.hybrid import ORDERS, HybridNet, masks_for_order, teacher_blocks, validate_mask
+from pwl.errors import DataError
+from pwl.hybrid import HybridNet
+from pwl.masks import masks_for_order, resolve_masks, teacher_blocks
+from pwl.stages.files import StageRow
 
 # Orders whose masks are named by k alone in scalar keys (one mask per k).
 K_ORDERS = ("prefix", "suffix")
-
-
-@dataclass
-class StageRow:
-    """One row of ``stages.csv``: a mask evaluated at one epoch."""
-
-    epoch: int
-    order: str
-    k: int
-    mask: str
-    accuracy: float
-    teacher_params: int
-    bytes_loaded: int
-    ms_per_batch: float
-
-
-COLUMNS = tuple(f.name for f in fields(StageRow))
-
-
-def resolve_masks(orders: str | Sequence[str], num_blocks: int) -> list[tuple[str, str]]:
-    """(order, mask) pairs for loading-order names and explicit masks.
-
-    Args:
-        orders: names among prefix|suffix|window|all and/or masks such as ``"TSTS"``.
-        num_blocks: N.
-
-    Returns:
-        Distinct pairs in the given order. Explicit masks and the masks of ``all``
-        (which is no loading order) get the order ``"custom"``.
-    """
-    if isinstance(orders, str):
-        orders = [orders]
-    if not orders:
-        raise ConfigError("orders is empty; give loading orders (prefix, suffix, window, all) "
-                          "and/or masks such as TTSS")
-    pairs: list[tuple[str, str]] = []
-    for entry in orders:
-        if entry in ORDERS:
-            label = "custom" if entry == "all" else entry
-            pairs += [(label, mask) for mask in masks_for_order(entry, num_blocks)]
-        elif isinstance(entry, str) and entry and set(entry) <= {"S", "T"}:
-            pairs.append(("custom", validate_mask(entry, num_blocks)))
-        else:
-            raise MaskError(f"orders entry {entry!r} is neither a loading order {list(ORDERS)} "
-                            f"nor a mask over {{S,T}} of length N={num_blocks}")
-    return list(dict.fromkeys(pairs))
 
 
 def mask_teacher_params(hybrid: HybridNet, mask: str) -> int:
@@ -219,10 +167,7 @@ class StageEvaluator:
         for child in self.children[node]:
             who = child[-1]
             start = self._mark()
-            x = feature
-            if node and node[-1] != who:
-                x = self.hybrid.convert(i - 1, x, who)
-            x = self.hybrid.net(who).run_block(i, x)
+            x = self.hybrid.step(i, feature, node[-1] if node else None, who)
             marks[child] = (start, self._mark())
             self.block_runs += 1
             if i == self.num_blocks - 1:
@@ -289,83 +234,3 @@ def evaluate_stages(hybrid: HybridNet, batches: Iterable[tuple[torch.Tensor, tor
     return evaluator.result(epoch)
 
 
-def write_csv(rows: Iterable[StageRow], path: str | Path) -> Path:
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(astuple(r) for r in rows)
-    return path
-
-
-def read_csv(path: str | Path) -> list[StageRow]:
-    """Rows of a ``stages.csv`` with their types restored."""
-    types = {f.name: f.type for f in fields(StageRow)}
-    cast = {"int": int, "float": float, "str": str}
-    with Path(path).open(newline="") as f:
-        return [StageRow(**{k: cast[types[k]](v) for k, v in rec.items()})
-                for rec in csv.DictReader(f)]
-
-
-def write_json(results: Sequence[StageResult], path: str | Path,
-               meta: Mapping[str, Any] | None = None) -> Path:
-    """All rows, plus one metadata record per evaluation (block runs, samples, AUC)."""
-    path = Path(path)
-    doc = {"columns": list(COLUMNS), **dict(meta or {}),
-           "rows": [asdict(r) for res in results for r in res.rows],
-           "evaluations": [res.meta() for res in results]}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
-
-
-def plot_stages(result: StageResult, path: str | Path, title: str = "") -> Path:
-    """Accuracy vs teacher blocks k, one line per order; teacher and student as references.
-
-    Where an order has several masks per k (window, custom) the line joins their
-    mean and the masks are drawn as points.
-    """
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, no display
-
-    path = Path(path)
-    n = result.num_blocks
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    by_mask = {r.mask: r.accuracy for r in result.rows}
-    for mask, label, style in (("T" * n, "teacher", "--"), ("S" * n, "student", ":")):
-        if mask in by_mask:
-            ax.axhline(by_mask[mask], color="grey", linestyle=style, linewidth=1,
-                       label=f"{label} ({by_mask[mask]:.3f})")
-    for order in dict.fromkeys(r.order for r in result.rows):
-        rows = [r for r in result.rows if r.order == order]
-        ks = sorted({r.k for r in rows})
-        means = [sum(r.accuracy for r in rows if r.k == k) / sum(r.k == k for r in rows)
-                 for k in ks]
-        (line,) = ax.plot(ks, means, marker="o", label=order)
-        if len(ks) < len(rows):
-            ax.scatter([r.k for r in rows], [r.accuracy for r in rows], s=12, alpha=0.5,
-                       color=line.get_color())
-    ax.set_xticks(range(n + 1))
-    ax.set_xlabel("teacher blocks loaded (k)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or f"stages, epoch {result.epoch}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def write_stages(results: Sequence[StageResult], out_dir: str | Path, stem: str = "stages",
-                 meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Writes ``<stem>.csv``, ``<stem>.json`` (all evaluations) and ``<stem>.png`` (the last).
-
-    Returns:
-        The paths by kind: ``{"csv": ..., "json": ..., "png": ...}``.
-    """
-    if not results:
-        raise ValueError("write_stages needs at least one evaluation")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [r for res in results for r in res.rows]
-    return {"csv": write_csv(rows, out_dir / f"{stem}.csv"),
-            "json": write_json(results, out_dir / f"{stem}.json", meta),
-            "png": plot_stages(results[-1], out_dir / f"{stem}.png")}

@@ -1,6 +1,6 @@
 """Time to first answer and peak memory of one way of loading a model, in a fresh process.
 
-``pwl.bench`` runs every variant as ``python -m pwl.runtime.measure '<json spec>'``
+``pwl.bench`` runs every variant as ``python -m pwl.bench_worker '<json spec>'``
 so that memory peaks of different variants never mix; the result is printed
 as one JSON line. The clock starts after imports (the same for every variant)
 and stops when the logits of one image are computed.
@@ -28,7 +28,7 @@ import torch
 
 from pwl.blocks import BlockNet
 from pwl.errors import ConfigError, PWLError
-from pwl.runtime.bundle import assign_tensors, build_on_meta, import_builders
+from pwl.runtime.materialise import assign_tensors, build_on_meta, import_builders
 from pwl.runtime.progressive import ProgressiveModel
 from pwl.runtime.storage import Pacer, parse_bandwidth, read_file
 

@@ -1,0 +1,151 @@
+"""Materialising a model from bundle shards: build on the meta device, then assign tensors.
+
+A model built on the meta device holds no memory; each shard's tensors then
+become its modules' own (``load_state_dict(assign=True)``), so loading a block
+costs reading it and nothing more.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_object
+from torch import nn
+
+from pwl.adapters import Adapters
+from pwl.blocks import BlockNet
+from pwl.build import build_net, check_model_cfg
+from pwl.errors import CheckpointError, ConfigError
+from pwl.hybrid import HybridNet
+from pwl.runtime.manifest import (
+    MANIFEST,
+    STUDENT_FILE,
+    file_entry_of,
+    read_manifest,
+    teacher_block_file,
+)
+from pwl.runtime.storage import read_tensors
+
+
+def assign_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str
+                   ) -> None:
+    """Makes ``tensors`` (keys relative to ``module``) the module's own, replacing meta ones.
+
+    The tensors are used in place (``load_state_dict(assign=True)``), not copied.
+    Raises ``CheckpointError`` naming ``source`` on missing, unexpected or misshapen keys.
+    """
+    persistent = set(module.state_dict())
+    expected = persistent | {name for name, _ in module.named_buffers()}
+    missing = sorted(expected - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected)
+    if missing or unexpected:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{source} does not match the model in the manifest: "
+                              + ", ".join(details))
+    try:
+        module.load_state_dict({k: tensors[k] for k in persistent}, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source} does not match the model in the manifest: "
+                              f"{str(e).strip()}") from None
+    for name in expected - persistent:
+        owner, _, attr = name.rpartition(".")
+        module.get_submodule(owner).register_buffer(attr, tensors[name], persistent=False)
+
+
+def _split_prefixes(tensors: Mapping[str, torch.Tensor], modules: Sequence[nn.Module],
+                    prefixes: Sequence[str], source: Path | str) -> None:
+    """Assigns each ``prefix``-keyed part of ``tensors`` to its module."""
+    rest = set(tensors)
+    for module, prefix in zip(modules, prefixes):
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        rest -= {prefix + k for k in part}
+        assign_tensors(module, part, source)
+    if rest:
+        raise CheckpointError(f"{source} holds tensors of no expected module "
+                              f"(e.g. {sorted(rest)[0]}); re-export the bundle")
+
+
+def assign_unit(teacher: BlockNet, block: int, tensors: Mapping[str, torch.Tensor],
+                source: Path | str) -> None:
+    """Materialises teacher swap unit ``block`` from the tensors of its block file."""
+    _split_prefixes(tensors, teacher.unit_modules(block), teacher.unit_prefixes(block), source)
+
+
+def assign_student(hybrid: HybridNet, tensors: Mapping[str, torch.Tensor],
+                   source: Path | str) -> None:
+    """Materialises the student and the adapters from the tensors of the student file."""
+    _split_prefixes(tensors, [hybrid.student, hybrid.adapters], ["student.", "adapters."],
+                    source)
+
+
+def import_builders(model_cfg: Mapping[str, Any]) -> None:
+    """Imports the teacher and student builders, so a later build does not pay for imports."""
+    for role in ("teacher", "student"):
+        target = model_cfg.get(role, {}).get("_target_")
+        if target is not None:
+            try:
+                get_object(target)
+            except (ImportError, ValueError) as e:
+                raise ConfigError(f"model.{role}._target_={target} cannot be imported: "
+                                  f"{e}") from None
+
+
+def build_on_meta(cfg: Mapping[str, Any], role: str) -> BlockNet:
+    """Builds the net of ``cfg`` with its tensors on the meta device (no memory held)."""
+    try:
+        with torch.device("meta"):
+            return build_net(cfg, role)
+    except ConfigError as meta_error:
+        # Some builders read tensor values (.item(), .tolist()) and cannot run on meta;
+        # building on the CPU still works, it only allocates the weights once.
+        net = build_net(cfg, role)
+        warnings.warn(f"cannot build model.{role} on the meta device ({meta_error}); "
+                      "built on the CPU instead, which allocates its weights once",
+                      stacklevel=2)
+        return net.to_empty(device="meta")
+
+
+def build_empty(model_cfg: Mapping[str, Any], feature_shapes: Mapping[str, Sequence]
+                ) -> HybridNet:
+    """The hybrid of ``model_cfg`` with every tensor on the meta device (no memory held).
+
+    ``feature_shapes`` (``{"teacher": [...], "student": [...]}``, per boundary)
+    size the adapters without running either network.
+    """
+    check_model_cfg(model_cfg)
+    teacher = build_on_meta(model_cfg["teacher"], "teacher")
+    student = build_on_meta(model_cfg["student"], "student")
+    with torch.device("meta"):
+        adapters = Adapters(feature_shapes["teacher"], feature_shapes["student"],
+                            model_cfg.get("adapter", "linear"))
+    return HybridNet(teacher, student, adapters).eval()
+
+
+def check_num_blocks(hybrid: HybridNet, manifest: Mapping[str, Any], bundle: Path) -> None:
+    if hybrid.num_blocks != manifest["num_blocks"]:
+        raise CheckpointError(f"{bundle / MANIFEST} says N={manifest['num_blocks']} but its "
+                              f"model config builds N={hybrid.num_blocks} blocks; re-export "
+                              "the bundle")
+
+
+def load_bundle_hybrid(bundle_dir: str | Path) -> tuple[HybridNet, dict[str, Any]]:
+    """The whole hybrid of a bundle (every file read and checked) in eval mode, and its config."""
+    bundle = Path(bundle_dir)
+    manifest = read_manifest(bundle)
+    hybrid = build_empty(manifest["model"], manifest["feature_shapes"])
+    check_num_blocks(hybrid, manifest, bundle)
+    path = bundle / STUDENT_FILE
+    assign_student(hybrid, read_tensors(path, file_entry_of(manifest, STUDENT_FILE)), path)
+    for i in range(hybrid.num_blocks):
+        rel = teacher_block_file(i)
+        assign_unit(hybrid.teacher, i, read_tensors(bundle / rel, file_entry_of(manifest, rel)),
+                    bundle / rel)
+    return hybrid.eval(), manifest["model"]

@@ -1,0 +1,45 @@
+"""Loading stages: the shared-prefix evaluator and the stage files it writes.
+
+``pwl.stages.evaluator`` measures the accuracy of many masks at once;
+``pwl.stages.files`` writes and reads the **contract** ``stages.csv``.
+"""
+
+from pwl.stages.evaluator import (
+    K_ORDERS,
+    StageEvaluator,
+    StageResult,
+    evaluate_stages,
+    mask_bytes_loaded,
+    mask_teacher_params,
+    prefix_auc,
+)
+from pwl.stages.files import (
+    COLUMNS,
+    StageRow,
+    accuracy_by_mask,
+    last_epoch,
+    plot_stages,
+    read_stages,
+    write_csv,
+    write_json,
+    write_stages,
+)
+
+__all__ = [
+    "COLUMNS",
+    "K_ORDERS",
+    "StageEvaluator",
+    "StageResult",
+    "StageRow",
+    "accuracy_by_mask",
+    "evaluate_stages",
+    "last_epoch",
+    "mask_bytes_loaded",
+    "mask_teacher_params",
+    "plot_stages",
+    "prefix_auc",
+    "read_stages",
+    "write_csv",
+    "write_json",
+    "write_stages",
+]

@@ -1,0 +1,168 @@
+"""Stage files: one writer and one typed reader of the **contract** ``stages.csv``.
+
+One row per (epoch, mask)::
+
+    epoch,order,k,mask,accuracy,teacher_params,bytes_loaded,ms_per_batch
+
+``stages.json`` holds the same rows plus per-evaluation metadata, and
+``stages.png`` plots the last evaluation (accuracy vs k, one line per order).
+Everything that reads these files (export, report, reproduce) goes through
+``read_stages``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, astuple, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pwl.errors import CheckpointError
+from pwl.masks import order_key
+
+if TYPE_CHECKING:
+    from pwl.stages.evaluator import StageResult
+
+@dataclass
+class StageRow:
+    """One row of ``stages.csv``: a mask evaluated at one epoch."""
+
+    epoch: int
+    order: str
+    k: int
+    mask: str
+    accuracy: float
+    teacher_params: int
+    bytes_loaded: int
+    ms_per_batch: float
+
+
+COLUMNS = tuple(f.name for f in fields(StageRow))
+
+
+
+def last_epoch(rows: Sequence[StageRow]) -> list[StageRow]:
+    """The rows of the last epoch in ``rows`` (all of them if they share one epoch)."""
+    if not rows:
+        return []
+    last = max(r.epoch for r in rows)
+    return [r for r in rows if r.epoch == last]
+
+
+def accuracy_by_mask(rows: Iterable[StageRow]) -> dict[str, float]:
+    """Accuracy per distinct mask, in order of k (first row wins for a repeated mask)."""
+    by_mask: dict[str, float] = {}
+    for r in rows:
+        by_mask.setdefault(r.mask, r.accuracy)
+    return dict(sorted(by_mask.items(), key=lambda kv: order_key(kv[0])))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` under a temporary name, then renames it: never a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_csv(rows: Iterable[StageRow], path: str | Path) -> Path:
+    """Writes ``rows`` as a stages CSV (atomically)."""
+    import io
+
+    path = Path(path)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS)
+    writer.writerows(astuple(r) for r in rows)
+    _atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_stages(path: str | Path) -> list[StageRow]:
+    """Rows of a ``stages.csv`` with their types restored.
+
+    Raises:
+        CheckpointError: the file is missing, or is not a stages CSV (names the file).
+    """
+    path = Path(path)
+    types = {f.name: f.type for f in fields(StageRow)}
+    cast = {"int": int, "float": float, "str": str}
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise CheckpointError(f"{path} is not a stages CSV (no columns {missing}); "
+                                      "write it with pwl.evaluate or a distill run")
+            return [StageRow(**{k: cast[types[k]](rec[k]) for k in COLUMNS}) for rec in reader]
+    except OSError as e:
+        raise CheckpointError(f"cannot read stage accuracies {path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has a malformed row ({e}); re-create it with "
+                              "pwl.evaluate") from None
+
+
+def write_json(results: Sequence[StageResult], path: str | Path,
+               meta: Mapping[str, Any] | None = None) -> Path:
+    """All rows, plus one metadata record per evaluation (block runs, samples, AUC)."""
+    path = Path(path)
+    doc = {"columns": list(COLUMNS), **dict(meta or {}),
+           "rows": [asdict(r) for res in results for r in res.rows],
+           "evaluations": [res.meta() for res in results]}
+    _atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def plot_stages(result: StageResult, path: str | Path, title: str = "") -> Path:
+    """Accuracy vs teacher blocks k, one line per order; teacher and student as references.
+
+    Where an order has several masks per k (window, custom) the line joins their
+    mean and the masks are drawn as points.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, no display
+
+    path = Path(path)
+    n = result.num_blocks
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    by_mask = {r.mask: r.accuracy for r in result.rows}
+    for mask, label, style in (("T" * n, "teacher", "--"), ("S" * n, "student", ":")):
+        if mask in by_mask:
+            ax.axhline(by_mask[mask], color="grey", linestyle=style, linewidth=1,
+                       label=f"{label} ({by_mask[mask]:.3f})")
+    for order in dict.fromkeys(r.order for r in result.rows):
+        rows = [r for r in result.rows if r.order == order]
+        ks = sorted({r.k for r in rows})
+        means = [sum(r.accuracy for r in rows if r.k == k) / sum(r.k == k for r in rows)
+                 for k in ks]
+        (line,) = ax.plot(ks, means, marker="o", label=order)
+        if len(ks) < len(rows):
+            ax.scatter([r.k for r in rows], [r.accuracy for r in rows], s=12, alpha=0.5,
+                       color=line.get_color())
+    ax.set_xticks(range(n + 1))
+    ax.set_xlabel("teacher blocks loaded (k)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or f"stages, epoch {result.epoch}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_stages(results: Sequence[StageResult], out_dir: str | Path, stem: str = "stages",
+                 meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Writes ``<stem>.csv``, ``<stem>.json`` (all evaluations) and ``<stem>.png`` (the last).
+
+    Returns:
+        The paths by kind: ``{"csv": ..., "json": ..., "png": ...}``.
+    """
+    if not results:
+        raise ValueError("write_stages needs at least one evaluation")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for res in results for r in res.rows]
+    return {"csv": write_csv(rows, out_dir / f"{stem}.csv"),
+            "json": write_json(results, out_dir / f"{stem}.json", meta),
+            "png": plot_stages(results[-1], out_dir / f"{stem}.png")}
