@@ -131,11 +131,6 @@ def read_file(path: Path, pacer: Pacer | None = None, keep: bool = True,
     return (b"".join(chunks) if keep else None), (hasher.hexdigest() if hasher else None)
 
 
-def file_entry(path: Path) -> FileEntry:
-    _, sha = read_file(path, keep=False)
-    return FileEntry(path.stat().st_size, sha)
-
-
 def check_size(path: Path, entry: FileEntry) -> None:
     """Raises ``CheckpointError`` naming ``path`` if it is missing or not ``entry.bytes`` long."""
     if not path.is_file():
