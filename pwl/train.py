@@ -8,6 +8,7 @@ and writes ``hybrid.safetensors`` and ``model.yaml``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,20 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     return DistillModule(model_cfg, to_dict(cfg.loss), optim, teacher=teacher)
 
 
+def load_best(trainer: L.Trainer, module: L.LightningModule) -> None:
+    """Gives ``module`` the weights of the best checkpoint on the validation monitor.
+
+    The weights a run saves (and tests) are then the ones model selection chose, whether
+    or not the run is tested; without a checkpoint callback the last weights stay.
+    """
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") if ckpt else ""
+    if best:
+        # Written by this run a moment ago: a trusted file, not user input.
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+
+
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
     """Fits and tests one stage; returns the logged metrics.
 
@@ -83,12 +98,14 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with warnings.catch_warnings():
+            # The frozen teacher is in eval mode on purpose; Lightning's notice about it is noise.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        load_best(trainer, module)
         if cfg.get("test", True):
-            ckpt = trainer.checkpoint_callback
-            best = ckpt.best_model_path if ckpt else ""
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            trainer.test(module, datamodule=datamodule)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         finish_wandb()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from safetensors.torch import load_file
 
 from pwl.checkpoint import load_hybrid
 from pwl.train import train
@@ -166,3 +167,17 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
                                             "kd": torch.tensor(float("nan"))})
     with pytest.raises(FloatingPointError, match=r"not finite at step 0 \(terms \['kd'\]\)"):
         module.training_step((x, y), 0)
+
+
+def test_saved_weights_are_the_best_on_validation_without_a_test(tmp_path):
+    teacher = _train_teacher(tmp_path / "teacher")
+    run = tmp_path / "distill"
+    train(tiny_train_cfg(run, "stage=distill", f"teacher={teacher}", "test=false",
+                         "epochs.distill=3", "trainer.limit_train_batches=2",
+                         "trainer.limit_val_batches=1"))
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")  # save_top_k=1: the best epoch
+    best_state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    saved = load_file(run / HYBRID_FILE)
+    expected = {k.removeprefix("hybrid."): v for k, v in best_state.items()}
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[k], expected[k]) for k in saved)

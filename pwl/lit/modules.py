@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,8 +116,6 @@ class DistillModule(_Optimized):
         ]
 
     def on_fit_start(self) -> None:
-        # The frozen teacher is in eval mode on purpose; Lightning's notice about it is noise.
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         self.print(str(self.loss))
 
     def forward(self, x: torch.Tensor, mask: str | None = None) -> torch.Tensor:
