@@ -1,0 +1,56 @@
+"""The layering of the package: training never stands on deployment, concepts have one home."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "pwl"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of the file (lazy imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_training_layers_never_import_the_runtime():
+    lower = [*PKG.glob("lit/*.py"), *PKG.glob("losses/*.py"), *PKG.glob("data/*.py"),
+             *PKG.glob("stages/*.py"), *PKG.glob("callbacks/*.py"), PKG / "weights.py",
+             PKG / "hybrid.py", PKG / "masks.py", PKG / "build.py", PKG / "train.py"]
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p)
+                                                 if m.startswith("pwl.runtime"))
+                 for p in lower}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_runtime_imports_nothing_of_training():
+    for path in PKG.glob("runtime/*.py"):
+        bad = sorted(m for m in imported_modules(path)
+                     if m.startswith(("pwl.lit", "pwl.losses", "pwl.callbacks", "pwl.train",
+                                      "pwl.export", "lightning")))
+        assert bad == [], path
+
+
+def test_no_sys_path_edits_anywhere():
+    files = [*PKG.rglob("*.py"), *ROOT.glob("experiments/*.py"), *ROOT.glob("tests/*.py")]
+    pattern = re.compile(r"sys\.path\.(insert|append)")
+    assert [str(p) for p in files if p != Path(__file__) and pattern.search(p.read_text())] == []
+
+
+def test_the_switch_rule_and_order_generation_live_in_one_place():
+    # "an adapter runs where the network switches" is written once, in pwl.masks
+    switch = re.compile(r"\b(who|prev|first)\s*!=|!=\s*(who|prev|first)\b")
+    hits = [p.relative_to(ROOT).as_posix() for p in PKG.rglob("*.py")
+            if switch.search(p.read_text())]
+    assert hits == ["pwl/masks.py"]
+    # masks are generated from order names only by pwl.masks
+    order_gen = re.compile(r'"T"\s*\*\s*k\s*\+\s*"S"')
+    hits = [p.relative_to(ROOT).as_posix() for p in PKG.rglob("*.py")
+            if order_gen.search(p.read_text())]
+    assert hits == ["pwl/masks.py"]
