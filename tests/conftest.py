@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pwl.build import build_hybrid
+from pwl.export import export_bundle
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-MODEL_CONFIGS = sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml"))
+# The model pairs; _base.yaml holds their shared keys and is not a pair.
+MODEL_CONFIGS = sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")
+                       if not p.stem.startswith("_"))
+
+
+@functools.cache
+def _model_and_data(name: str, data: str) -> DictConfig:
+    # Composed by Hydra, not loaded by hand: model files extend _base.yaml in their defaults.
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(overrides=[f"+model={name}", f"+data={data}"])
 
 
 def model_cfg(name: str, data: str = "synthetic", **data_overrides) -> dict:
     """The resolved model config ``conf/model/<name>.yaml`` on the given data config."""
-    cfg = OmegaConf.create({"data": OmegaConf.load(f"{CONF_DIR}/data/{data}.yaml"),
-                            "model": OmegaConf.load(f"{CONF_DIR}/model/{name}.yaml")})
-    for k, v in data_overrides.items():
-        cfg.data[k] = v
+    cfg = _model_and_data(name, data).copy()
+    with open_dict(cfg):
+        for k, v in data_overrides.items():
+            cfg.data[k] = v
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
@@ -49,6 +62,78 @@ def run_module(*args: str, cwd: Path | None = None, timeout: int = 300):
                           cwd=cwd, timeout=timeout)
 
 
+# Tiny bundles: shared by the bundle, runtime and serve/bench tests.
+BUNDLE_STAGES = [{"mask": "SSSS", "accuracy": 0.5}, {"mask": "TSSS", "accuracy": 0.6},
+                 {"mask": "TTTT", "accuracy": 0.9}]
+BUNDLE_DATA_CFG = {"_target_": "pwl.data.SyntheticDataModule", "num_train": 64,
+                   "num_test": 128, "batch_size": 32, "image_size": 16, "in_chans": 3,
+                   "num_classes": 10}
+
+
+def tiny_hybrid(cfg=None):
+    """A resnet_narrow hybrid whose adapters and BatchNorm statistics are not at their init."""
+    cfg = cfg or model_cfg("resnet_narrow")
+    hybrid = build_hybrid(cfg).eval()
+    with torch.no_grad():
+        for p in hybrid.adapters.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for name, buf in hybrid.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+    return hybrid, cfg
+
+
+def export_tiny(path, cfg=None, **kwargs):
+    """``tiny_hybrid`` exported as a bundle at ``path``; returns the hybrid and the bundle dir."""
+    hybrid, cfg = tiny_hybrid(cfg)
+    kwargs.setdefault("stages", BUNDLE_STAGES)
+    kwargs.setdefault("data_cfg", BUNDLE_DATA_CFG)
+    return hybrid, export_bundle(hybrid, cfg, path, **kwargs)
+
+
+def flip_byte(path, offset=None):
+    """Corrupts one byte of a file (the middle one by default)."""
+    data = bytearray(path.read_bytes())
+    offset = len(data) // 2 if offset is None else offset
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path):
+    """Cuts a file to half its size."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline W&B run file (``run-<id>.wandb``).
+
+    The file is a 7-byte header, then records in 32 KiB blocks, each chunk with a
+    7-byte header (crc32, little-endian length, chunk type: 1 full, 2 first, 3 middle,
+    4 last) -- the LevelDB log format W&B uses.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, chunk, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        room = 32768 - pos % 32768
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+    return records
