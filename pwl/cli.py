@@ -16,6 +16,19 @@ from rich.console import Console
 from pwl.errors import PWLError
 
 
+def _conf_dir() -> str:
+    # An installed wheel carries the configs as pwl/conf (pyproject maps the package
+    # pwl.conf onto the top-level conf/); a checkout or an editable install has only the
+    # top-level conf/, where users edit them.
+    package = Path(__file__).resolve().parent
+    shipped = package / "conf"
+    return str(shipped if (shipped / "train.yaml").is_file() else package.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
+"""The Hydra config directory of the entry points (``config_path``), absolute."""
+
+
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turns a user error (bad config, missing file) into one line on stderr and exit code 2."""
 

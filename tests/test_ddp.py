@@ -3,18 +3,21 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from pwl.train import train
 from tests.conftest import TINY, run_module, tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_distill_ranks_agree(tmp_path):
     teacher = tmp_path / "teacher"
-    train(tiny_train_cfg(teacher, "stage=teacher", "test=false"))
+    train(tiny_train_cfg(teacher, "phase=teacher", "test=false"))
     reports = tmp_path / "ranks"
     result = run_module(
-        "pwl.train", "stage=distill", f"teacher={teacher}", *TINY, "trainer=ddp",
+        "pwl.train", "phase=distill", f"teacher={teacher}", *TINY, "trainer=ddp",
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.limit_train_batches=3",
         "callbacks.stage_eval.orders=[prefix,window]",
         "+callbacks.rank_report._target_=tests.rank_report.RankReport",

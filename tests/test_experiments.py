@@ -16,11 +16,11 @@ FAST = ["debug=fast", "data=synthetic", "data.num_train=256", "data.num_test=64"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_both_stages(experiment, tmp_path):
+def test_experiment_runs_both_phases(experiment, tmp_path):
     teacher = tmp_path / "teacher"
-    train(compose_cfg("train", [f"experiment={experiment}", "stage=teacher", *FAST,
+    train(compose_cfg("train", [f"experiment={experiment}", "phase=teacher", *FAST,
                                 f"run_dir={teacher}"]))
-    metrics = train(compose_cfg("train", [f"experiment={experiment}", "stage=distill",
+    metrics = train(compose_cfg("train", [f"experiment={experiment}", "phase=distill",
                                           f"teacher={teacher}", *FAST,
                                           f"run_dir={tmp_path / 'distill'}"]))
     assert "stages/prefix_auc" in metrics
@@ -28,9 +28,17 @@ def test_experiment_runs_both_stages(experiment, tmp_path):
 
 
 def test_experiment_keeps_its_model_on_other_data():
-    cfg = compose_cfg("train", ["experiment=cifar10_resnet", "data=synthetic"])
+    cfg = compose_cfg("train", ["experiment=cifar_resnet", "data=synthetic"])
     assert cfg.data._target_.endswith("SyntheticDataModule")
     assert cfg.model.teacher.depths == [3, 4, 6, 3]
+
+
+@pytest.mark.parametrize("data,classes", [(None, 10), ("cifar10", 10), ("cifar100", 100)])
+def test_one_cifar_experiment_per_architecture_takes_either_dataset(data, classes):
+    for arch in ("resnet", "vgg", "vit"):
+        cfg = compose_cfg("train", [f"experiment=cifar_{arch}", *([f"data={data}"] if data else [])])
+        assert cfg.data.num_classes == classes
+        assert cfg.model.teacher.num_classes == classes and cfg.model.name == arch
 
 
 @pytest.mark.parametrize("sweep,key", [("architectures", "model"),
@@ -48,3 +56,11 @@ def test_slurm_launcher_composes():
         cfg = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.timeout_min == 720
+
+
+@pytest.mark.parametrize("loss", ["pwl", "paper"])
+def test_alignment_sweep_moves_the_sync_and_the_recon_distance_together(loss):
+    cfg = compose_cfg("train", ["sweep=alignment_losses", f"loss={loss}",
+                                "loss.terms.feature_sync.distance=cka"])
+    assert cfg.loss.terms.feature_sync.distance == "cka"
+    assert cfg.loss.terms.feature_recon.distance == "cka"

@@ -1,4 +1,4 @@
-"""LightningModules of the two training stages."""
+"""LightningModules of the two training phases (conf/phase/)."""
 
 from pwl.lit.modules import DistillModule, TeacherModule
 
