@@ -5,6 +5,8 @@ feature into the student's space and ``to_teacher[i]`` the other way. They are
 built by probing the feature shapes of both networks, so any pair of widths and
 spatial sizes works: channels change with a 1x1 conv (a linear layer on ViT
 tokens), spatial size with average pooling (shrink) or interpolation (grow).
+Kind ``identity_if_equal`` is the reference code's choice: a fixed identity
+(no parameters) wherever the two feature shapes are equal, ``linear`` elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from pwl.blocks import BlockNet
 from pwl.errors import ConfigError
 
-KINDS = ("identity", "linear", "linear_bn", "mlp")
+KINDS = ("identity", "identity_if_equal", "linear", "linear_bn", "mlp")
 
 
 def _eye_(layer: nn.Module) -> None:
@@ -73,10 +75,13 @@ def build_adapter(src: Sequence[int], dst: Sequence[int], kind: str = "linear",
     src, dst = tuple(src), tuple(dst)
     if kind not in KINDS:
         raise ConfigError(f"adapter kind {kind!r} is unknown; use one of {list(KINDS)}")
+    if kind == "identity_if_equal":
+        # Equal widths but another spatial size still need a resize, hence "shapes".
+        kind = "identity" if src == dst else "linear"
     if kind == "identity":
         if src != dst:
             raise ConfigError(f"{where}: adapter kind 'identity' needs equal feature shapes, "
-                              f"got {src} -> {dst}; use model.adapter=linear")
+                              f"got {src} -> {dst}; use model.adapter=identity_if_equal or linear")
         return nn.Identity()
     if len(src) != len(dst) or len(src) not in (2, 3):
         raise ConfigError(f"{where}: cannot convert a feature of shape {src} into {dst}; "
@@ -140,8 +145,9 @@ class Adapters(nn.Module):
         return cls(probe_shapes(teacher, input_shape), probe_shapes(student, input_shape), kind)
 
     def is_identity(self, boundary: int) -> bool:
-        """True where a converter is a plain identity (nothing to learn or reconstruct)."""
-        return isinstance(self.to_student[boundary], nn.Identity)
+        """True where both converters are plain identities (nothing to learn or reconstruct)."""
+        return (isinstance(self.to_student[boundary], nn.Identity)
+                and isinstance(self.to_teacher[boundary], nn.Identity))
 
     def __len__(self) -> int:
         return len(self.to_student)

@@ -24,7 +24,7 @@ def test_identity_kind_is_identity_and_refuses_other_shapes():
         build_adapter((8, 6, 6), (4, 6, 6), "identity")
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k != "identity"])
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in ("identity", "identity_if_equal")])
 @pytest.mark.parametrize("src,dst", [
     ((8, 14, 14), (16, 14, 14)),   # narrower student -> teacher
     ((16, 14, 14), (8, 14, 14)),   # wider -> narrower
@@ -39,6 +39,23 @@ def test_adapter_output_shapes(kind, src, dst):
     assert y.shape == (3, *dst)
     y.sum().backward()
     assert all(p.grad is not None for p in a.parameters())
+
+
+def test_identity_if_equal_is_a_fixed_identity_only_where_shapes_match():
+    t = resnet(depths=[2, 2, 2], widths=[16, 32, 64], in_chans=1)
+    s = resnet(depths=[1, 1, 1], widths=[16, 16, 64], in_chans=1)
+    ad = Adapters.between(t, s, (1, 28, 28), "identity_if_equal")
+    # Boundary 0: both (16, 28, 28); boundary 1: 32 vs 16 channels at 14 x 14.
+    assert ad.is_identity(0) and not ad.is_identity(1)
+    assert list(ad.to_student[0].parameters()) == list(ad.to_teacher[0].parameters()) == []
+    x = torch.randn(2, 16, 28, 28)
+    assert ad.to_student[0](x) is x and ad.to_teacher[0](x) is x
+    assert ad.to_student[1](torch.randn(2, 32, 14, 14)).shape == (2, 16, 14, 14)
+    assert all(name.startswith(("to_student.1.", "to_teacher.1."))
+               for name, _ in ad.named_parameters())
+    # Equal widths at another spatial size still need a resize: not an identity.
+    assert not isinstance(build_adapter((8, 6, 6), (8, 3, 3), "identity_if_equal"),
+                          torch.nn.Identity)
 
 
 def test_token_linear_same_width_is_identity_initialised():

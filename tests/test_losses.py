@@ -1,13 +1,16 @@
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from pwl.build import build_hybrid
 from pwl.errors import ConfigError
+from pwl.lit.modules import adapter_lr_mult
 from pwl.losses import (
     DISTANCES,
     CrossPath,
@@ -19,10 +22,9 @@ from pwl.losses import (
     build_loss,
     get_distance,
     kd_loss,
-    random_mixed_mask,
 )
 from pwl.losses.distances import cka
-from pwl.masks import masks_for_order
+from pwl.masks import masks_for_order, random_mixed_mask
 from tests.conftest import CONF_DIR, compose_cfg, model_cfg
 
 FIXTURE = Path(__file__).parent / "fixtures" / "losses.json"
@@ -154,7 +156,7 @@ def test_every_preset_builds_and_every_term_is_finite(name):
     assert all(torch.isfinite(v) for v in values.values())
     expected = sum(loss.weights[n] * v for n, v in values.items())
     assert torch.allclose(total, expected) and total.requires_grad
-    assert str(loss).startswith("loss = 1.0*ce[CE]")
+    assert str(loss).startswith(f"loss = {cfg.terms.ce.weight}*ce[CE]")
 
 
 def test_presets_hold_the_documented_terms():
@@ -202,7 +204,7 @@ def test_weighted_sum_skips_zero_weights_and_prints_its_formula():
                               r"\['ce', 'kd', 'feature_sync', 'feature_recon', 'cross_path'\]"),
     ({"x": {"plugin": "kl", "weight": 1}}, r"loss.terms.x: plugin 'kl' is unknown.*'kd'"),
     ({"feature_sync": {"weight": 1, "distance": "nope"}},
-     r"loss.terms.feature_sync: distance 'nope' is unknown; known distances: \['mse'.*'cka'\]"),
+     r"loss.terms.feature_sync: distance 'nope' is unknown; known distances: \['mse'.*'cka'.*\]"),
     ({"kd": {"weight": 1, "temp": 2}},
      r"loss.terms.kd: unknown key\(s\) \['temp'\] for plugin 'kd'; "
      r"it accepts \['weight', 'plugin', 'temperature'\]"),
@@ -225,7 +227,8 @@ def test_config_errors_name_the_key_and_the_known_values(terms, pattern):
 def test_unknown_distance_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"distance 'l2' is unknown; known distances: "
                                           r"\['mse', 'cosine', 'mse_cosine', 'l1', 'smooth_l1', "
-                                          r"'attention', 'cka'\]"):
+                                          r"'attention', 'cka', 'cosine_per_position', "
+                                          r"'mse_cosine_per_position'\]"):
         get_distance("l2")
 
 
@@ -281,3 +284,89 @@ def test_loss_values_match_the_pinned_fixture():
     for name, value in pinned.items():
         assert values[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
             f"{name} changed; if intended, regenerate with PWL_UPDATE_LOSS_FIXTURE=1")
+
+
+def test_paper_preset_prints_the_reference_recipe_with_its_weights():
+    cfg = compose_cfg("train", ["loss=paper", "model=resnet", "data=synthetic"])
+    assert cfg.model.adapter == "identity_if_equal"
+    assert adapter_lr_mult(cfg.loss, cfg.optim) == 0.2
+    hybrid = build_hybrid(OmegaConf.to_container(cfg.model, resolve=True))
+    formula = build_loss(cfg.loss.terms).describe(hybrid)
+    d = "mse_cosine_per_position"
+    for part in ["loss = 0.4*ce[CE]", "0.6*kd[KL(T=2)]",
+                 f"1.0*feature_sync[mean_i [{d}(s_i, to_S(t_i)) + {d}(t_i, to_T(s_i))]]",
+                 # Equal widths everywhere: identity adapters, nothing to reconstruct.
+                 "1.0*feature_recon[0 (every boundary's adapters are identities)]",
+                 "2.0*cross_path[mean_{m in random} [KL(T=2)](logits_m)]"]:
+        assert part in formula, part
+    # Where adapters learn, the reconstruction trains the student's feature too (no sg).
+    narrow = loss_cfg("paper")
+    assert "to_S(to_T(s_i)), s_i)" in str(build_loss(narrow.terms))
+    all_prefix = str(build_loss(loss_cfg("paper_all").terms))
+    assert "2.0*cross_path[mean_{m in all_prefix} [0.6*KL(T=2) + 0.4*CE](logits_m)]" in all_prefix
+    assert adapter_lr_mult(loss_cfg("pwl"), {"adapter_lr_mult": 0.5}) == 0.5
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 1, 2), (1, 2, 2)], ids=["maps", "tokens"])
+def test_mse_cosine_per_position_by_hand(shape):
+    # Two positions with features (1, 0) and (0, 2) against (0, 1) and (0, 1).
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])      # (position, feature)
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    if len(shape) == 4:                              # (B, C, H, W): features on dim 1
+        a, b = a.T.reshape(shape), b.T.reshape(shape)
+    else:                                            # (B, L, D)
+        a, b = a.reshape(shape), b.reshape(shape)
+    # MSE: squared differences 1, 1, 0, 1 -> 3/4. Cosines: 0 at the first position
+    # (orthogonal), 1 at the second (parallel) -> mean(1 - cos) = 1/2.
+    assert get_distance("mse_cosine_per_position")(a, b).item() == pytest.approx(0.75 + 0.5)
+    # Per sample the flattened vectors (1, 0, 0, 2) and (0, 0, 1, 1) give cos = 2 / sqrt(10).
+    assert get_distance("mse_cosine")(a, b).item() == pytest.approx(0.75 + 1 - 2 / 10**0.5)
+
+
+def test_identity_adapters_drop_the_reconstruction_where_widths_match():
+    cfg = model_cfg("resnet")
+    cfg["student"]["widths"] = [16, 16, 64, 128]      # boundary 1: 32 (teacher) vs 16
+    hybrid = build_hybrid({**cfg, "adapter": "identity_if_equal"}).train()
+    assert [hybrid.adapters.is_identity(i) for i in range(3)] == [True, False, True]
+    outputs = step_outputs(hybrid, cfg["input_shape"])
+    x = outputs.teacher_feats[0]
+    assert hybrid.convert(0, x, "S") is x and hybrid.convert(0, x, "T") is x
+    recon = FeatureRecon("mse", detach_student=False)
+    assert "mean_{i in [1]}" in recon.describe(hybrid)
+    t, s = outputs.teacher_feats[1], outputs.student_feats[1]
+    only_boundary_1 = (F.mse_loss(hybrid.convert(1, hybrid.convert(1, t, "S"), "T"), t)
+                       + F.mse_loss(hybrid.convert(1, hybrid.convert(1, s, "T"), "S"), s))
+    value = recon(outputs)
+    assert torch.allclose(value, only_boundary_1)
+    value.backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in grads([hybrid.student]))
+
+    same = build_hybrid({**model_cfg("resnet"), "adapter": "identity_if_equal"})
+    assert sum(p.numel() for p in same.adapters.parameters()) == 0
+    assert FeatureRecon("mse")(step_outputs(same, cfg["input_shape"])).item() == 0
+
+
+class _Logits:
+    """A step whose every mixed mask answers ``logits``: enough for CrossPath."""
+
+    num_blocks = 2
+
+    def __init__(self, logits, teacher_logits, labels):
+        self.logits, self.teacher_logits, self.labels = logits, teacher_logits, labels
+
+    def mixed_logits(self, mask):
+        return self.logits
+
+
+def test_cross_path_weighs_kl_and_ce_per_mask():
+    # The student is uniform over 2 classes; the teacher's logits (2 ln 3, 0) at T=2 give
+    # (3/4, 1/4). KL = 3/4 ln(3/2) + 1/4 ln(1/2), times T^2 = 4; CE of label 0 = ln 2.
+    step = _Logits(torch.zeros(2, 2), torch.tensor([[2 * math.log(3), 0.0]] * 2),
+                   torch.tensor([0, 0]))
+    kl = 4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    cross = CrossPath("all_prefix", "both", temperature=2.0, kd_weight=0.6, ce_weight=0.4)
+    assert cross(step).item() == pytest.approx(0.4 * math.log(2) + 0.6 * kl)
+    assert CrossPath("all_prefix", "kd", temperature=2.0)(step).item() == pytest.approx(kl)
+    assert CrossPath("all_prefix", "ce")(step).item() == pytest.approx(math.log(2))
+    with pytest.raises(ConfigError, match="ce_weight"):
+        CrossPath(ce_weight=-1)

@@ -11,7 +11,8 @@ from pwl.callbacks import StageEval, stage_eval
 from pwl.data import SyntheticDataModule
 from pwl.errors import ConfigError, MaskError
 from pwl.stages import COLUMNS, read_stages
-from tests.conftest import model_cfg
+from pwl.train import train
+from tests.conftest import model_cfg, tiny_train_cfg
 
 N = 4
 LIMIT = 2
@@ -177,3 +178,64 @@ def test_ddp_counts_are_summed_over_processes(tmp_path):
     # The frozen teacher is the same in every process, so its accuracy on the whole split
     # is what the summed counts must give.
     assert rows[N].accuracy == accuracy_alone(module.hybrid.teacher, dm, whole_split)
+
+
+# The real config (debug=fast, synthetic data, tiny pair): the checkpoint's monitor exists
+# whatever stage_eval is told, so distillation never stops after its first epoch.
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("teacher")
+    train(tiny_train_cfg(run_dir, "phase=teacher", "debug=fast", "test=false"))
+    return run_dir
+
+
+def distill(run_dir, teacher, *overrides: str) -> dict[str, float]:
+    return train(tiny_train_cfg(run_dir, "phase=distill", f"teacher={teacher}", "debug=fast",
+                                *overrides))
+
+
+def test_every_second_epoch_checkpoints_only_where_the_monitor_is_logged(tmp_path, teacher_dir):
+    metrics = distill(tmp_path, teacher_dir, "callbacks.stage_eval.every_n_epochs=2",
+                      "trainer.max_epochs=3")
+    assert {r.epoch for r in read_stages(tmp_path / "stages.csv")} == {1}
+    assert [p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")] == ["epoch001.ckpt"]
+    assert "stages/prefix_auc" in metrics and "stages_test/prefix_auc" in metrics
+
+
+def test_suffix_only_curves_still_log_the_prefix_monitor(tmp_path, teacher_dir):
+    metrics = distill(tmp_path, teacher_dir, "callbacks.stage_eval.orders=[suffix]",
+                      "trainer.max_epochs=2")
+    rows = read_stages(tmp_path / "stages.csv")
+    assert {r.order for r in rows} == {"suffix"}, "the monitor's prefix masks stay out"
+    assert [r.mask for r in rows if r.epoch == 1] == ["S" * (N - k) + "T" * k
+                                                      for k in range(N + 1)]
+    assert "stages/prefix_auc" in metrics and "stages/prefix/k1" not in metrics
+    assert "stages/suffix/k1" in metrics
+    assert len(list((tmp_path / "checkpoints").glob("epoch*.ckpt"))) == 1
+
+
+def test_a_test_split_curve_never_feeds_the_checkpoint_monitor(tmp_path, monkeypatch):
+    evaluations = []
+
+    class RecordingEvaluator(stage_eval.StageEvaluator):
+        def result(self, *args, **kwargs):
+            res = super().result(*args, **kwargs)
+            evaluations.append((self.pairs, res))
+            return res
+
+    monkeypatch.setattr(stage_eval, "StageEvaluator", RecordingEvaluator)
+    dm = datamodule()
+    callback = StageEval(orders=["suffix"], split="test", log_wandb=False)
+    t = trainer(tmp_path, [callback], False, epochs=1)
+    t.fit(TinyDistill(), datamodule=dm)
+
+    (curve_pairs, curve), (monitor_pairs, monitor) = evaluations
+    assert {order for order, _ in curve_pairs} == {"suffix"}
+    assert curve.samples == len(dm.splits["test"].labels), "the curve: the whole test split"
+    assert {order for order, _ in monitor_pairs} == {"prefix"}
+    assert monitor.samples == LIMIT * dm.eval_batch_size, "the monitor: limited validation"
+    metrics = t.callback_metrics
+    assert metrics["stages/prefix_auc"].item() == pytest.approx(monitor.prefix_auc)
+    assert metrics["stages_test/suffix/k0"].item() == pytest.approx(curve.accuracy("S" * N))
+    assert not [k for k in metrics if k.startswith("stages/suffix")]
+    assert json.loads((tmp_path / "stages.json").read_text())["split"] == "test"

@@ -6,12 +6,20 @@ configured masks on the validation split with the shared-prefix evaluator of
 rewrites ``stages.csv/json/png`` in the run directory with every epoch so far.
 At test time the same goes to ``stages_test.*`` and ``stages_test/...``.
 With a W&B logger it also logs the rows as a table and two line charts.
+
+``stages/prefix_auc`` (``MONITOR``, the distillation checkpoint's metric) is
+logged at every evaluation whatever the orders: the prefix masks it needs are
+evaluated with the configured ones (sharing their prefixes) but written and
+logged as a curve only when an order asks for them. It is always measured on
+the validation split: with ``split=test`` the per-epoch curve is logged under
+``stages_test/...`` and the monitor comes from a separate pass over the
+validation split, so the test split can never select a checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,9 @@ from pwl.masks import resolve_masks
 from pwl.stages import COLUMNS, StageEvaluator, StageResult, StageRow, write_stages
 
 SPLITS = ("val", "test")
+# The scalar that distillation checkpoints monitor, and the order whose masks it needs.
+MONITOR = "stages/prefix_auc"
+MONITOR_ORDER = "prefix"
 
 
 class StageEval(L.Callback):
@@ -32,9 +43,11 @@ class StageEval(L.Callback):
 
     Args:
         orders: loading orders (prefix, suffix, window, all) and/or explicit masks.
-        every_n_epochs: evaluate after validation every this many epochs.
+        every_n_epochs: evaluate after validation every this many epochs (checkpoints on
+            ``MONITOR`` can only be chosen at these epochs).
         split: the split of the per-epoch curve: ``val`` (the trainer's validation
-            loader, limited like validation) or ``test`` (the data module's test loader).
+            loader, limited like validation) or ``test`` (the data module's test loader;
+            logged as ``stages_test/...``, never as ``MONITOR``).
         out_dir: where the files go (default: ``trainer.default_root_dir``).
         log_wandb: log a table and charts when a ``WandbLogger`` is attached.
     """
@@ -63,20 +76,54 @@ class StageEval(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        val = (trainer.val_dataloaders, trainer.num_val_batches, True)
         if self.split == "val":
-            loader, limit, shared = trainer.val_dataloaders, trainer.num_val_batches, True
-        else:
-            # Not the trainer's loader: every process sees the whole split, nothing to sum.
-            loader, limit, shared = _datamodule(trainer).test_dataloader(), None, False
-        self._run(trainer, pl_module, loader, limit, shared, "stages")
+            self._run(trainer, pl_module, *val, "stages", "stages", with_monitor=True)
+            return
+        # Not the trainer's loader: every process sees the whole split, nothing to sum.
+        test = (_datamodule(trainer).test_dataloader(), None, False)
+        self._run(trainer, pl_module, *test, "stages", "stages_test", with_monitor=False)
+        monitor = self._evaluate(trainer, pl_module, *val, [MONITOR_ORDER], "monitor")
+        if monitor is not None:
+            pl_module.log(MONITOR, monitor.prefix_auc, sync_dist=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._run(trainer, pl_module, trainer.test_dataloaders, trainer.num_test_batches, True,
-                  "stages_test")
+                  "stages_test", "stages_test", with_monitor=False)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, loader: Any,
-             limit: Any, shared: bool, stem: str) -> None:
-        """Evaluates on ``loader`` and records the result under ``stem``.
+             limit: Any, shared: bool, stem: str, key: str, with_monitor: bool) -> None:
+        """Evaluates the orders on ``loader``, records them under ``stem`` (the files) and
+        logs them as ``<key>/...``; ``with_monitor`` adds ``MONITOR`` from the same pass."""
+        orders = [*self.orders, MONITOR_ORDER] if with_monitor else self.orders
+        evaluated = self._evaluate(trainer, pl_module, loader, limit, shared, orders, stem)
+        if evaluated is None:
+            return
+        # The monitor's extra masks stay out of the curve: files hold the orders asked for.
+        wanted = set(resolve_masks(self.orders, evaluated.num_blocks))
+        result = replace(evaluated, rows=[r for r in evaluated.rows
+                                          if (r.order, r.mask) in wanted])
+        self._record(stem, result)
+
+        scalars = result.scalars(key)
+        if with_monitor:
+            scalars[MONITOR] = evaluated.prefix_auc
+        # The values are already reduced over processes, so the sync is a mean of equal numbers.
+        pl_module.log_dict(scalars, sync_dist=True)
+        if trainer.is_global_zero:
+            split = self.split if stem == "stages" else "test"
+            out_dir = Path(self.out_dir or trainer.default_root_dir)
+            write_stages(self.results[stem], out_dir, stem, meta={"split": split})
+            if self.log_wandb:
+                for logger in trainer.loggers:
+                    if isinstance(logger, WandbLogger):
+                        log_stages_to_wandb(logger, result.rows, key, trainer.global_step)
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, loader: Any,
+                  limit: Any, shared: bool, orders: Sequence[str], what: str
+                  ) -> StageResult | None:
+        """The masks of ``orders`` on ``loader``; None (with a warning naming ``what``) when
+        the loader holds no batch.
 
         ``shared``: the loader is the trainer's, so each process saw its own shard
         (DistributedSampler) and counts are summed over processes. As in Lightning's own
@@ -92,7 +139,7 @@ class StageEval(L.Callback):
             loader, limit = loader[0], (limit[0] if limit else None)
         elif isinstance(limit, (list, tuple)):
             limit = limit[0] if limit else None
-        evaluator = StageEvaluator(hybrid, self.orders)
+        evaluator = StageEvaluator(hybrid, orders)
         was_training = hybrid.training
         hybrid.eval()
         try:
@@ -109,21 +156,9 @@ class StageEval(L.Callback):
         if shared:
             counts = trainer.strategy.reduce(counts, reduce_op="sum")
         if not evaluator.num_images(counts):
-            rank_zero_warn(f"StageEval: no {stem} batches to evaluate; nothing recorded")
-            return
-        result = evaluator.result(trainer.current_epoch, counts)
-        self._record(stem, result)
-
-        # The values are already reduced over processes, so the sync is a mean of equal numbers.
-        pl_module.log_dict(result.scalars(stem), sync_dist=True)
-        if trainer.is_global_zero:
-            split = self.split if stem == "stages" else "test"
-            out_dir = Path(self.out_dir or trainer.default_root_dir)
-            write_stages(self.results[stem], out_dir, stem, meta={"split": split})
-            if self.log_wandb:
-                for logger in trainer.loggers:
-                    if isinstance(logger, WandbLogger):
-                        log_stages_to_wandb(logger, result.rows, stem, trainer.global_step)
+            rank_zero_warn(f"StageEval: no {what} batches to evaluate; nothing recorded")
+            return None
+        return evaluator.result(trainer.current_epoch, counts)
 
     def _record(self, stem: str, result: StageResult) -> None:
         """Keeps one evaluation per epoch: a repeated validation in an epoch replaces it."""
@@ -168,6 +203,8 @@ def log_stages_to_wandb(logger: WandbLogger, rows: Sequence[StageRow], prefix: s
              for r in sorted(rows, key=lambda r: (orders.index(r.order), r.bytes_loaded))]
     k_table = wandb.Table(columns=["order", "teacher_blocks", "accuracy"], data=by_k)
     mb_table = wandb.Table(columns=["order", "mb_loaded", "accuracy"], data=by_mb)
+    if prefix == "stages_test":
+        log_curves_by_blocks(logger, by_k)
     logger.log_metrics({
         f"{prefix}/table": table,
         f"{prefix}/accuracy_vs_teacher_blocks": wandb.plot.line(
@@ -177,3 +214,20 @@ def log_stages_to_wandb(logger: WandbLogger, rows: Sequence[StageRow], prefix: s
             mb_table, "mb_loaded", "accuracy", stroke="order",
             title="accuracy vs MB of teacher weights loaded"),
     }, step=step)
+
+
+STEP_METRIC = "teacher_blocks_loaded"
+
+
+def log_curves_by_blocks(logger: WandbLogger, by_k: Sequence[Sequence[Any]]) -> None:
+    """Logs the final curves as ``curves/<order>`` against the step metric teacher_blocks_loaded.
+
+    W&B's default line panels then draw accuracy vs blocks loaded, one series per order,
+    and overlay every run of a project or sweep without any dashboard work.
+    """
+    run = logger.experiment
+    run.define_metric(STEP_METRIC)
+    run.define_metric("curves/*", step_metric=STEP_METRIC)
+    for k in sorted({k for _, k, _ in by_k}):
+        run.log({STEP_METRIC: k,
+                 **{f"curves/{order}": acc for order, kk, acc in by_k if kk == k}})

@@ -72,6 +72,12 @@ class LossTerm(nn.Module):
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        """A short formula of the term for the start-up log (e.g. ``KL(T=2)``)."""
+    def describe(self, hybrid: HybridNet | None = None) -> str:
+        """A short formula of the term for the start-up log (e.g. ``KL(T=2)``).
+
+        Args:
+            hybrid: the model the term will train, for terms whose formula depends on
+                it (e.g. boundaries without learnable adapters); None describes the
+                term in general.
+        """
         return type(self).__name__

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pwl.errors import ConfigError
+from pwl.hybrid import HybridNet
 from pwl.losses.base import DistillOutputs, LossTerm
 from pwl.losses.cross_path import CrossPath
 from pwl.losses.terms import CrossEntropy, FeatureRecon, FeatureSync, KnowledgeDistillation
@@ -64,9 +65,14 @@ class WeightedSum(nn.Module):
             values[name] = value.detach()
         return total, values
 
-    def __str__(self) -> str:
-        parts = [f"{self.weights[n]}*{n}[{self.terms[n].describe()}]" for n in self.active]
+    def describe(self, hybrid: HybridNet | None = None) -> str:
+        """The formula of the active terms with their weights, e.g.
+        ``loss = 0.4*ce[CE] + 0.6*kd[KL(T=2)]``; ``hybrid`` lets terms say what drops out."""
+        parts = [f"{self.weights[n]}*{n}[{self.terms[n].describe(hybrid)}]" for n in self.active]
         return "loss = " + " + ".join(parts)
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 def _term_kwargs(plugin: type[LossTerm]) -> list[str]:

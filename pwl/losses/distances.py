@@ -38,8 +38,24 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def mse_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``mse + cosine``: matches both the magnitude and the direction."""
+    """``mse + cosine``: matches both the magnitude and the direction (per sample)."""
     return mse(a, b) + cosine(a, b)
+
+
+def cosine_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity over the feature dim at each position, mean over batch and positions.
+
+    The feature dim is the channels of maps (B, C, H, W), one cosine per pixel, and the
+    width of tokens (B, L, D), one cosine per token. Unlike ``cosine`` it ignores how the
+    features are spread over positions and matches each position's direction on its own.
+    """
+    dim = 1 if a.dim() == 4 else -1
+    return (1 - F.cosine_similarity(a, b, dim=dim)).mean()
+
+
+def mse_cosine_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mse + cosine_per_position``: the paper's feature distance (``loss=paper``)."""
+    return mse(a, b) + cosine_per_position(a, b)
 
 
 def attention_map(x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +109,8 @@ DISTANCES: dict[str, Distance] = {
     "smooth_l1": smooth_l1,
     "attention": attention,
     "cka": cka,
+    "cosine_per_position": cosine_per_position,
+    "mse_cosine_per_position": mse_cosine_per_position,
 }
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pwl.errors import ConfigError
+from pwl.hybrid import HybridNet
 from pwl.losses.base import DistillOutputs, LossTerm
 from pwl.losses.distances import get_distance
 
@@ -51,7 +52,7 @@ class CrossEntropy(LossTerm):
         return F.cross_entropy(outputs.student_logits, outputs.labels,
                                label_smoothing=self.label_smoothing)
 
-    def describe(self) -> str:
+    def describe(self, hybrid: HybridNet | None = None) -> str:
         return f"CE(ls={self.label_smoothing:g})" if self.label_smoothing else "CE"
 
 
@@ -65,7 +66,7 @@ class KnowledgeDistillation(LossTerm):
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
         return kd_loss(outputs.student_logits, outputs.teacher_logits, self.temperature)
 
-    def describe(self) -> str:
+    def describe(self, hybrid: HybridNet | None = None) -> str:
         return f"KL(T={self.temperature:g})"
 
 
@@ -98,7 +99,7 @@ class FeatureSync(LossTerm):
             losses.append(loss)
         return torch.stack(losses).mean()
 
-    def describe(self) -> str:
+    def describe(self, hybrid: HybridNet | None = None) -> str:
         d = self.distance_name
         parts = {"to_student": f"{d}(s_i, to_S(t_i))", "to_teacher": f"{d}(t_i, to_T(s_i))"}
         if self.directions != "both":
@@ -110,14 +111,23 @@ class FeatureRecon(LossTerm):
     """The adapters at a boundary invert each other on the features that occur.
 
     Mean over boundaries of ``d(to_T(to_S(t_i)), t_i) + d(to_S(to_T(sg(s_i))), sg(s_i))``.
-    Boundaries whose adapters are identities are skipped: their round trip is
-    exact by construction and has nothing to learn.
+    Boundaries whose two adapters are identities are skipped: their round trip is
+    exact by construction and has nothing to learn. With no other boundary the
+    term is 0.
+
+    Args:
+        distance: a name of ``DISTANCES``.
+        detach_student: stop the gradient into the student's feature ``s_i`` (then only
+            the adapters learn from this term). The reference code does not detach it.
     """
 
-    def __init__(self, distance: str = "mse") -> None:
+    def __init__(self, distance: str = "mse", detach_student: bool = True) -> None:
         super().__init__()
+        if not isinstance(detach_student, bool):
+            raise ConfigError(f"detach_student={detach_student!r} must be true or false")
         self.distance_name = distance
         self.distance = get_distance(distance)
+        self.detach_student = detach_student
 
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
         hybrid = outputs.hybrid
@@ -126,10 +136,12 @@ class FeatureRecon(LossTerm):
             if hybrid.adapters.is_identity(i):
                 continue
             t = outputs.teacher_feats[i].detach()
-            # The student's feature is detached too: this term constrains the adapters.
-            # With grad into s the student could lower it by shrinking its features
-            # (a linear round trip's error scales with them) instead of learning the task.
-            s = outputs.student_feats[i].detach()
+            # Detached by default: this term is meant to constrain the adapters. With grad
+            # into s the student could lower it by shrinking its features (a linear round
+            # trip's error scales with them) instead of learning the task.
+            s = outputs.student_feats[i]
+            if self.detach_student:
+                s = s.detach()
             t_round_trip = hybrid.convert(i, hybrid.convert(i, t, "S"), "T")
             s_round_trip = hybrid.convert(i, hybrid.convert(i, s, "T"), "S")
             losses.append(self.distance(t_round_trip, t) + self.distance(s_round_trip, s))
@@ -137,6 +149,15 @@ class FeatureRecon(LossTerm):
             return outputs.student_logits.new_zeros(())
         return torch.stack(losses).mean()
 
-    def describe(self) -> str:
+    def describe(self, hybrid: HybridNet | None = None) -> str:
         d = self.distance_name
-        return f"mean_i [{d}(to_T(to_S(t_i)), t_i) + {d}(to_S(to_T(sg(s_i))), sg(s_i))]"
+        s = "sg(s_i)" if self.detach_student else "s_i"
+        formula = f"{d}(to_T(to_S(t_i)), t_i) + {d}(to_S(to_T({s})), {s})"
+        if hybrid is None:
+            return f"mean_i [{formula}]"
+        learnable = [i for i in range(hybrid.num_blocks - 1) if not hybrid.adapters.is_identity(i)]
+        if not learnable:
+            return "0 (every boundary's adapters are identities)"
+        if len(learnable) == hybrid.num_blocks - 1:
+            return f"mean_i [{formula}]"
+        return f"mean_{{i in {learnable}}} [{formula}] (other boundaries: identities)"
