@@ -4,21 +4,95 @@ A model config (``conf/model/*.yaml``) holds ``teacher`` and ``student`` (each
 a ``_target_`` builder), ``adapter`` (the adapter kind) and ``input_shape``
 ([C, H, W]). It is saved with every run so the models can be rebuilt later.
 A data config (``conf/data/*.yaml``) builds an ``ImageDataModule``.
+
+The user's own config keeps Hydra's full ``_target_`` power (``build_net``,
+``build_hybrid``, ``build_datamodule``). A config that arrived with a file (a
+bundle, a run directory, a checkpoint) is data: ``check_saved_model_cfg``,
+``build_saved_hybrid`` and ``build_datamodule(..., saved_from=...)`` accept only
+registered builders and data modules with valid arguments, and call them
+directly: nothing the file names is imported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pwl.adapters import Adapters
+from pydantic import Field, field_validator
+
+from pwl.adapters import KINDS, Adapters
 from pwl.blocks import BlockNet
-from pwl.config import instantiate_as
+from pwl.config import Schema, check, instantiate_as
 from pwl.data.datamodule import ImageDataModule
-from pwl.errors import ConfigError
+from pwl.data.registry import build_saved_datamodule
+from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
+from pwl.models import build_saved_net, check_saved_net
+from pwl.models.registry import MAX_IMAGE, MAX_WIDTH
 
 REQUIRED = ("teacher", "student", "input_shape")
+
+
+class SavedModelCfg(Schema):
+    """The top level of a saved model config; ``teacher``/``student`` are checked per builder."""
+
+    name: str | None = Field(None, max_length=200)
+    adapter: str = "linear"
+    input_shape: list[int] = Field(min_length=3, max_length=3)
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+
+    @field_validator("adapter")
+    @classmethod
+    def _known_adapter(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"is not an adapter kind; use one of {list(KINDS)}")
+        return kind
+
+    @field_validator("input_shape")
+    @classmethod
+    def _sane_shape(cls, shape: list[int]) -> list[int]:
+        # The adapters are sized by running both nets on one image of this shape.
+        if not (1 <= shape[0] <= MAX_WIDTH and all(1 <= s <= MAX_IMAGE for s in shape[1:])):
+            raise ValueError(f"must be [C, H, W] with 1 <= C <= {MAX_WIDTH} and "
+                             f"1 <= H, W <= {MAX_IMAGE}")
+        return shape
+
+
+def check_saved_model_cfg(cfg: Any, source: str | Path) -> dict[str, Any]:
+    """Validates a model config read from ``source`` against the registered builders.
+
+    Returns:
+        the config as it is (a plain dict).
+
+    Raises:
+        CheckpointError: one line naming ``source`` and the first wrong key (``model.teacher...``).
+    """
+    try:
+        check(SavedModelCfg, cfg, "model",
+              "the saved model config is damaged or not from this pwl; re-create it")
+        for role in ("teacher", "student"):
+            check_saved_net(cfg[role], f"model.{role}")
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return dict(cfg)
+
+
+def build_saved_net_of(cfg: Mapping[str, Any], role: str, source: str | Path) -> BlockNet:
+    """Builds ``model.<role>`` of a saved config (read from ``source``) by its registered builder."""
+    try:
+        return build_saved_net(cfg, f"model.{role}")
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def build_saved_hybrid(cfg: Any, source: str | Path) -> HybridNet:
+    """``build_hybrid`` for a model config read from ``source``: validated, nothing imported."""
+    cfg = check_saved_model_cfg(cfg, source)
+    teacher = build_saved_net_of(cfg["teacher"], "teacher", source)
+    student = build_saved_net_of(cfg["student"], "student", source)
+    return _pair(cfg, teacher, student)
 
 
 def build_net(cfg: Mapping[str, Any], role: str) -> BlockNet:
@@ -48,7 +122,11 @@ def build_hybrid(cfg: Mapping[str, Any], teacher: BlockNet | None = None) -> Hyb
     """Teacher (built, or given), student and probed adapters as one HybridNet."""
     check_model_cfg(cfg)
     teacher = teacher if teacher is not None else build_net(cfg["teacher"], "teacher")
-    student = build_net(cfg["student"], "student")
+    return _pair(cfg, teacher, build_net(cfg["student"], "student"))
+
+
+def _pair(cfg: Mapping[str, Any], teacher: BlockNet, student: BlockNet) -> HybridNet:
+    """Teacher and student with adapters probed on one image of ``cfg["input_shape"]``."""
     if teacher.num_blocks != student.num_blocks:
         raise ConfigError(f"teacher has N={teacher.num_blocks} blocks but student has "
                           f"N={student.num_blocks}; configure model.teacher and model.student "
@@ -58,14 +136,25 @@ def build_hybrid(cfg: Mapping[str, Any], teacher: BlockNet | None = None) -> Hyb
     return HybridNet(teacher, student, adapters)
 
 
-def build_datamodule(data_cfg: Mapping[str, Any], **overrides: Any) -> ImageDataModule:
-    """Instantiates ``data_cfg`` (with ``overrides`` replacing its keys) and sets it up.
+def build_datamodule(data_cfg: Mapping[str, Any], saved_from: str | Path | None = None,
+                     **overrides: Any) -> ImageDataModule:
+    """Builds ``data_cfg`` (with ``overrides`` replacing its keys) and sets it up.
+
+    Args:
+        data_cfg: a data config (``conf/data``).
+        saved_from: None for the user's own config (Hydra instantiates its ``_target_``);
+            else the file it was read from: it must then name a registered data module
+            with valid arguments (see ``pwl.data.registry``), and nothing is imported.
+        **overrides: keys replacing those of ``data_cfg`` (``eval_batch_size``...).
 
     Raises:
         ConfigError: the config does not build an ImageDataModule (the error names ``data``);
             a PWLError raised by the data module itself is passed on as it is.
     """
-    dm = instantiate_as({**data_cfg, **overrides}, "data")
+    if saved_from is not None:
+        dm = build_saved_datamodule({**data_cfg, **overrides}, saved_from)
+    else:
+        dm = instantiate_as({**data_cfg, **overrides}, "data")
     if not isinstance(dm, ImageDataModule):
         raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
     dm.setup()

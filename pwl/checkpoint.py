@@ -8,6 +8,7 @@ The data config of a run is the ``data`` section of ``<run>/.hydra/config.yaml``
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pwl.build import build_hybrid
+from pwl.build import build_saved_hybrid
 from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 from pwl.runtime.manifest import MANIFEST, read_manifest
@@ -38,7 +39,7 @@ def load_hybrid(path: str | Path) -> tuple[HybridNet, dict[str, Any]]:
                               f"(holding {HYBRID_FILE} and {MODEL_YAML}), a Lightning .ckpt "
                               "or a bundle directory")
     cfg = read_model_cfg(weights.parent / MODEL_YAML)
-    hybrid = build_hybrid(cfg)
+    hybrid = build_saved_hybrid(cfg, weights.parent / MODEL_YAML)
     load_weights(hybrid, weights, f"model {cfg.get('name', '')} in {weights.parent / MODEL_YAML}")
     return hybrid.eval(), cfg
 
@@ -87,15 +88,20 @@ def _hybrid_from_ckpt(path: Path) -> tuple[HybridNet, dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle, zip and I/O errors all mean an unusable file
+        # weights_only: a .ckpt is a pickle, and a full unpickler runs whatever it names.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds Python objects beyond tensors and plain data "
+                              f"({str(e).strip().splitlines()[-1][:160]}); pwl reads such "
+                              "files only as weights, export it from a pwl run") from None
+    except Exception as e:  # zip and I/O errors all mean an unusable file
         raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); "
                               "it is truncated or corrupt") from None
     cfg = ckpt.get("hyper_parameters", {}).get("model_cfg")
     if cfg is None:
         raise CheckpointError(f"{path} has no model_cfg hyper-parameter; is it a pwl "
                               "distill checkpoint?")
-    hybrid = build_hybrid(cfg)
+    hybrid = build_saved_hybrid(cfg, f"{path} (hyper_parameters.model_cfg)")
     state = {k.removeprefix("hybrid."): v for k, v in ckpt["state_dict"].items()
              if k.startswith("hybrid.")}
     result = hybrid.load_state_dict(state, strict=False)

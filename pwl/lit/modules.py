@@ -11,9 +11,25 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from pwl.build import build_hybrid, build_teacher
+from pwl.errors import ConfigError
 from pwl.lit.optim import build_optimizer, build_scheduler
 from pwl.losses import DistillOutputs, build_loss
 from pwl.weights import load_teacher
+
+
+def adapter_lr_mult(loss: Mapping[str, Any], optim: Mapping[str, Any]) -> float:
+    """The adapters' learning-rate factor: ``loss.adapter_lr_mult`` if set, else the optim's.
+
+    The loss preset wins because the factor is part of a recipe (``loss=paper`` trains its
+    adapters at 0.2x), while an optim preset is shared by recipes and by the teacher phase.
+    """
+    mult = loss.get("adapter_lr_mult")
+    key = "loss.adapter_lr_mult"
+    if mult is None:
+        mult, key = optim.get("adapter_lr_mult", 1.0), "optim.adapter_lr_mult"
+    if isinstance(mult, bool) or not isinstance(mult, int | float) or mult < 0:
+        raise ConfigError(f"{key}={mult!r} must be a number >= 0 (1 trains the adapters at lr)")
+    return float(mult)
 
 
 class _Optimized(L.LightningModule):
@@ -30,6 +46,22 @@ class _Optimized(L.LightningModule):
         per_epoch = total / max(self.trainer.max_epochs or 1, 1)
         return {"optimizer": optimizer,
                 "lr_scheduler": build_scheduler(self.optim_cfg, optimizer, total, per_epoch)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores weights, optimizer and loops but not the random streams. Saved
+        # with the checkpoint, they make a run resumed from an epoch's end draw the same
+        # shuffles, augmentations and mixed masks as a run that never stopped.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class TeacherModule(_Optimized):
@@ -89,7 +121,9 @@ class DistillModule(_Optimized):
 
     Args:
         model_cfg: the model config (teacher, student, adapter, input_shape).
-        loss: the loss config (``terms``: name -> weight and plugin options).
+        loss: the loss config (``terms``: name -> weight and plugin options; an optional
+            ``adapter_lr_mult`` that, when set, replaces the optim config's, so that a
+            recipe such as ``loss=paper`` carries its adapters' learning rate).
         optim: the optim config; ``adapter_lr_mult`` scales the adapters' LR.
         teacher: a teacher run directory or ``teacher.safetensors``. Leave it
             out only when weights come from a checkpoint.
@@ -104,6 +138,7 @@ class DistillModule(_Optimized):
         teacher_net = load_teacher(teacher, self.model_cfg["teacher"]) if teacher else None
         self.hybrid = build_hybrid(self.model_cfg, teacher=teacher_net)
         self.loss = build_loss(loss.get("terms", {}))
+        self.adapter_lr_mult = adapter_lr_mult(loss, self.optim_cfg)
         num_classes = self.hybrid.student.num_classes
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -112,11 +147,12 @@ class DistillModule(_Optimized):
         return [
             {"params": list(self.hybrid.student.parameters())},
             {"params": list(self.hybrid.adapters.parameters()),
-             "lr_mult": self.optim_cfg.get("adapter_lr_mult", 1.0)},
+             "lr_mult": self.adapter_lr_mult},
         ]
 
     def on_fit_start(self) -> None:
-        self.print(str(self.loss))
+        self.print(self.loss.describe(self.hybrid))
+        self.print(f"adapters' learning rate: {self.adapter_lr_mult:g} x lr")
 
     def forward(self, x: torch.Tensor, mask: str | None = None) -> torch.Tensor:
         return self.hybrid(x, mask or "S" * self.hybrid.num_blocks)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
+from pydantic import Field, model_validator
 from timm.layers import ClassifierHead
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from pwl.blocks import BlockNet
+from pwl.config import Schema
 from pwl.errors import ConfigError
+from pwl.models.registry import MAX_BLOCKS, Depth, NumClasses, Rate, Width
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
@@ -58,3 +62,22 @@ def resnet(depths: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (16, 32
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     head = ClassifierHead(ch, num_classes, pool_type="avg", drop_rate=drop_rate)
     return BlockNet(stem, stages, head, num_classes)
+
+
+class ResNetArgs(Schema):
+    """The arguments of ``resnet`` a saved config may give."""
+
+    depths: list[Depth] = Field([2, 2, 2, 2], min_length=2, max_length=MAX_BLOCKS)
+    widths: list[Width] = Field([16, 32, 64, 128], min_length=2, max_length=MAX_BLOCKS)
+    block: Literal["basic", "bottleneck"] = "basic"
+    stem_width: Width | None = None
+    in_chans: Width = 3
+    num_classes: NumClasses = 10
+    drop_rate: Rate = 0.0
+
+    @model_validator(mode="after")
+    def _one_width_per_block(self) -> ResNetArgs:
+        if len(self.depths) != len(self.widths):
+            raise ValueError(f"depths {self.depths} and widths {self.widths} must have the "
+                             "same length (one entry per block)")
+        return self

@@ -9,16 +9,20 @@ its head in config; the named stages are grouped into ``num_blocks`` blocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Any
 
 import timm
 import torch
+from pydantic import Field, field_validator
 from timm.models.convnext import ConvNeXt
 from timm.models.resnet import ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from pwl.blocks import BlockNet
+from pwl.config import Schema
 from pwl.errors import ConfigError
+from pwl.models.registry import Depth, ImageSize, NumBlocks, NumClasses, Rate, Width
 from pwl.models.vit import group_sizes
 
 
@@ -116,3 +120,46 @@ def timm_split(model_name: str, num_blocks: int = 4, num_classes: int = 10, in_c
     starts = [sum(sizes[:i]) for i in range(num_blocks)]
     blocks = [_named(model, stages[s:s + n]) for s, n in zip(starts, sizes)]
     return BlockNet(_named(model, stem), blocks, _named(model, head), num_classes)
+
+
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$",
+                                  max_length=200)]
+ModuleNames = Annotated[list[ModuleName], Field(min_length=1, max_length=256)]
+
+
+class TimmSplitArgs(Schema):
+    """The arguments of ``timm_split`` a saved config may give.
+
+    ``model_name`` must be a model of timm's own registry: a hub name
+    (``hf-hub:...``) would fetch files from the network. Of the other
+    ``timm.create_model`` arguments, the architectural knobs below are accepted.
+    """
+
+    model_name: str = Field(max_length=200)
+    num_blocks: NumBlocks = 4
+    num_classes: NumClasses = 10
+    in_chans: Width = 3
+    img_size: ImageSize | None = None
+    pretrained: bool = False
+    stem: ModuleNames | None = None
+    stages: ModuleNames | None = None
+    head: ModuleNames | None = None
+    patch_size: ImageSize | None = None
+    depth: Depth | None = None
+    embed_dim: Width | None = None
+    num_heads: Width | None = None
+    mlp_ratio: float | None = Field(None, gt=0.0, le=64.0)
+    drop_rate: Rate | None = None
+    drop_path_rate: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _a_timm_model(cls, name: str) -> str:
+        if ":" in name or "/" in name or not timm.is_model(name):
+            raise ValueError("is not a model of timm's registry (timm.list_models())")
+        return name
+
+
+def timm_split_from_file(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A saved config never downloads weights: the file it came with holds them."""
+    return {**kwargs, "pretrained": False}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field, model_validator
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from pwl.blocks import BlockNet
+from pwl.config import Schema
 from pwl.errors import ConfigError
+from pwl.models.registry import Depth, ImageSize, NumBlocks, NumClasses, Width
 
 
 class ViTStem(nn.Module):
@@ -77,3 +80,30 @@ def vit(img_size: int = 32, patch_size: int = 4, in_chans: int = 3, num_classes:
                 nn.init.zeros_(m.bias)
     stem = ViTStem(img_size, patch_size, in_chans, embed_dim)
     return BlockNet(stem, blocks, ViTHead(embed_dim, num_classes), num_classes)
+
+
+class ViTArgs(Schema):
+    """The arguments of ``vit`` a saved config may give."""
+
+    img_size: ImageSize = 32
+    patch_size: ImageSize = 4
+    in_chans: Width = 3
+    num_classes: NumClasses = 10
+    embed_dim: Width = 192
+    depth: Depth = 12
+    num_heads: Width = 3
+    mlp_ratio: float = Field(4.0, gt=0.0, le=64.0)
+    num_blocks: NumBlocks = 6
+    drop_path_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ViTArgs:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size={self.img_size} is not a multiple of "
+                             f"patch_size={self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not a multiple of "
+                             f"num_heads={self.num_heads}")
+        if self.num_blocks > self.depth:
+            raise ValueError(f"num_blocks={self.num_blocks} exceeds depth={self.depth}")
+        return self

@@ -7,10 +7,18 @@ answers from the student at once and streams the teacher blocks in, and
 Bundles are written by ``pwl.export``.
 """
 
-from pwl.runtime.manifest import MANIFEST, STUDENT_FILE, read_manifest, teacher_block_file, verify
+from pwl.runtime.manifest import (
+    MANIFEST,
+    STUDENT_FILE,
+    BundleError,
+    read_manifest,
+    teacher_block_file,
+    verify,
+)
 from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 from pwl.runtime.storage import parse_bandwidth
 
-__all__ = ["MANIFEST", "STUDENT_FILE", "LoadEvent", "ProgressiveModel", "load_bundle_hybrid",
-           "parse_bandwidth", "read_manifest", "teacher_block_file", "verify"]
+__all__ = ["MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent", "ProgressiveModel",
+           "load_bundle_hybrid", "parse_bandwidth", "read_manifest", "teacher_block_file",
+           "verify"]

@@ -12,24 +12,89 @@ Layout (**contract**)::
 Files hold every tensor a module needs to run: its state dict plus any
 non-persistent buffers, so a model built on the meta device can be completed
 from the files alone. ``pwl.export`` writes bundles; this module reads them.
+
+A bundle is untrusted data. ``read_manifest`` validates the manifest against a
+schema (types, ranges, no unknown keys; a per-file ``dtype`` and a loading
+``plan`` are optional) and keeps every file inside the bundle directory: names
+are the fixed layout's, relative and normalised, and each is a regular file
+(no symbolic links, no devices). Tensor headers are checked before any tensor
+is made (``pwl.runtime.storage.parse_header``). ``verify`` reports every
+problem it finds in one error.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pwl.errors import CheckpointError, MaskError
+from pydantic import Field, ValidationError
+
+from pwl.config import Schema, problems_of
+from pwl.errors import CheckpointError, MaskError, PWLError
 from pwl.masks import loading_masks
-from pwl.runtime.storage import FileEntry, check_sha256, check_size, read_file
+from pwl.models.registry import MAX_BLOCKS, MAX_WIDTH
+from pwl.runtime.storage import (
+    MAX_HEADER,
+    FileEntry,
+    check_sha256,
+    header_length,
+    open_regular,
+    parse_header,
+    read_file,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STUDENT_FILE = "student.safetensors"
 REQUIRED_KEYS = ("format_version", "num_blocks", "model", "feature_shapes", "loading_order",
                  "files")
+# A manifest is a few kilobytes; a larger one is not read into memory.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_FILE_BYTES = 1 << 42
+FIX = "re-export the bundle"
+
+Dim = Annotated[int, Field(ge=1, le=1 << 20)]
+FeatureShape = Annotated[list[Dim], Field(min_length=1, max_length=4)]
+FeatureShapeList = Annotated[list[FeatureShape], Field(max_length=MAX_BLOCKS)]
+
+
+class FileSchema(Schema):
+    """One file of the bundle: its size, its sha256 and (optionally) its storage dtype."""
+
+    bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    dtype: Literal["fp32", "fp16", "bf16", "int8"] | None = None
+
+
+class FeatureShapes(Schema):
+    teacher: FeatureShapeList
+    student: FeatureShapeList
+
+
+class StageSchema(Schema):
+    mask: str = Field(max_length=MAX_BLOCKS)
+    k: int = Field(ge=0, le=MAX_BLOCKS)
+    accuracy: float = Field(ge=0.0, le=1.0)
+
+
+class ManifestSchema(Schema):
+    """``manifest.json``. ``model`` and ``data`` are checked against their registries where
+    they are built; ``plan`` by the planner that reads it."""
+
+    format_version: int = Field(ge=1, le=FORMAT_VERSION)
+    num_blocks: int = Field(ge=2, le=MAX_BLOCKS)
+    model: dict[str, Any]
+    feature_shapes: FeatureShapes
+    loading_order: list[str] = Field(max_length=MAX_BLOCKS + 1)
+    files: dict[str, FileSchema] = Field(max_length=MAX_BLOCKS + 1)
+    params: dict[str, int | list[int]] | None = None
+    stages: list[StageSchema] | None = None
+    data: dict[str, Any] | None = None
+    plan: dict[str, Any] | list[Any] | None = None
 
 
 def teacher_block_file(block: int) -> str:
@@ -37,58 +102,129 @@ def teacher_block_file(block: int) -> str:
     return f"teacher/block_{block}.safetensors"
 
 
-def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a bundle, with its layout checked against the files present.
+def _load_json(path: Path) -> Any:
+    """The JSON of ``path``, read through ``open_regular`` and capped in size."""
+    with open_regular(path) as f:
+        text = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; a manifest "
+                              f"is a few kilobytes, {FIX}")
+    try:
+        return json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise CheckpointError(f"{path} is not readable JSON ({reason}); {FIX}") from None
 
-    Checks that every listed file exists with the size the manifest gives, that
-    the teacher files are exactly ``teacher/block_0 .. block_{N-1}`` (in the
-    manifest and on disk), and that the loading order is valid. Hashes are
-    checked when a file is read, and by ``verify``.
+
+def name_problem(bundle: Path, rel: str) -> str | None:
+    """Why the manifest's file name ``rel`` may not be read, or None.
+
+    A name must be relative, normalised and inside the bundle, and name a regular
+    file that is not a symbolic link (nor reached through one).
+    """
+    if (not rel or "\\" in rel or "\x00" in rel or rel.startswith("/")
+            or posixpath.normpath(rel) != rel or rel.split("/")[0] == ".."):
+        return (f"{bundle / MANIFEST}: file name {rel[:80]!r} is not a normalised relative "
+                f"path inside the bundle; {FIX}")
+    path = bundle
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return None  # reported as missing by the layout check
+        except OSError as e:
+            return f"cannot read {path}: {e}"
+        if stat.S_ISLNK(mode):
+            return (f"{path} is a symbolic link; a bundle holds regular files only, copy "
+                    "the file into the bundle")
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file; a bundle holds regular files only, {FIX}"
+    return None
+
+
+def schema_problems(bundle: Path, manifest: Any) -> list[str]:
+    """Every way a parsed manifest breaks its schema (all are listed)."""
+    path = bundle / MANIFEST
+    if not isinstance(manifest, dict):
+        return [f"{path} is not a JSON object; {FIX}"]
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        return [f"{path} lacks {missing}; {FIX}"]
+    version = manifest["format_version"]
+    if type(version) is int and version > FORMAT_VERSION:
+        return [f"{path} has format_version {version!r}; this pwl reads up to "
+                f"{FORMAT_VERSION}, upgrade pwl or re-export the bundle"]
+    try:
+        ManifestSchema.model_validate(manifest)
+    except ValidationError as e:
+        return [f"{path}: {p}; {FIX}" for p in problems_of(e, "")]
+    return []
+
+
+def layout_problems(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Every problem of a manifest that meets its schema against the layout and the files."""
+    path = bundle / MANIFEST
+    n = manifest["num_blocks"]
+    files = manifest["files"]
+    problems = [p for rel in sorted(files) if (p := name_problem(bundle, rel))]
+    if STUDENT_FILE not in files:
+        problems.append(f"{path} lists no {STUDENT_FILE}; {FIX}")
+    expected = {teacher_block_file(i) for i in range(n)}
+    listed = set(files) - {STUDENT_FILE}
+    problems += [f"{bundle / rel}: the manifest says N={n} but does not list this file; {FIX}"
+                 for rel in sorted(expected - listed)]
+    problems += [f"{bundle / rel} is listed in the manifest, which says N={n}; {FIX}"
+                 for rel in sorted(listed - expected)]
+    teacher_dir = bundle / "teacher"
+    on_disk = ({p.relative_to(bundle).as_posix() for p in teacher_dir.glob("block_*.safetensors")}
+               if teacher_dir.is_dir() and not teacher_dir.is_symlink() else set())
+    problems += [f"{bundle / rel} is in the bundle but the manifest says N={n}; remove it or "
+                 "re-export the bundle" for rel in sorted(on_disk - expected)]
+    for rel in sorted(set(files) & (expected | {STUDENT_FILE})):
+        file = bundle / rel
+        if not file.is_file():
+            problems.append(f"{file} is missing; the bundle's manifest lists it. Re-export "
+                            "the bundle with `python -m pwl.export`")
+        elif (size := file.stat().st_size) != files[rel]["bytes"]:
+            problems.append(f"{file} has {size} bytes but the manifest says "
+                            f"{files[rel]['bytes']}; the file is truncated or replaced, {FIX}")
+    try:
+        loading_masks(manifest["loading_order"], n)
+    except MaskError as e:
+        problems.append(f"{path}: loading_order is invalid ({e})")
+    for side in ("teacher", "student"):
+        shapes = manifest["feature_shapes"][side]
+        if len(shapes) != n - 1:
+            problems.append(f"{path}: feature_shapes.{side} has {len(shapes)} entries but N={n} "
+                            f"has {n - 1} boundaries; {FIX}")
+        elif any(s[0] > MAX_WIDTH for s in shapes):
+            problems.append(f"{path}: feature_shapes.{side} has more than {MAX_WIDTH} "
+                            f"channels; {FIX}")
+    return problems
+
+
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a bundle, validated and with its layout checked against the files present.
+
+    Checks the manifest's schema, that every listed file is a regular file inside the
+    bundle with the size the manifest gives, that the teacher files are exactly
+    ``teacher/block_0 .. block_{N-1}`` (in the manifest and on disk), and that the
+    loading order is valid. Hashes and tensor headers are checked when a file is
+    read, and by ``verify``.
+
+    Raises:
+        CheckpointError: the first problem found, naming the file or key.
     """
     bundle = Path(bundle_dir)
     path = bundle / MANIFEST
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; {bundle} is not a bundle (create one "
                               "with `python -m pwl.export checkpoint=<run> out=<dir>`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON ({e}); re-export the bundle") from None
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}; re-export the bundle")
-    version = manifest["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {version!r}; this pwl reads up to "
-                              f"{FORMAT_VERSION}, upgrade pwl or re-export the bundle")
-    n = manifest["num_blocks"]
-    files = manifest["files"]
-    if not isinstance(n, int) or n < 2:
-        raise CheckpointError(f"{path}: num_blocks={n!r} must be an integer >= 2")
-    if STUDENT_FILE not in files:
-        raise CheckpointError(f"{path} lists no {STUDENT_FILE}; re-export the bundle")
-    expected = {teacher_block_file(i) for i in range(n)}
-    listed = set(files) - {STUDENT_FILE}
-    unlisted = sorted(expected - listed)
-    if unlisted:
-        raise CheckpointError(f"{bundle / unlisted[0]}: the manifest says N={n} but does not "
-                              "list this file; re-export the bundle")
-    extra = sorted(listed - expected)
-    if extra:
-        raise CheckpointError(f"{bundle / extra[0]} is listed in the manifest, which says "
-                              f"N={n}; re-export the bundle")
-    on_disk = {p.relative_to(bundle).as_posix()
-               for p in (bundle / "teacher").glob("block_*.safetensors")}
-    stray = sorted(on_disk - expected)
-    if stray:
-        raise CheckpointError(f"{bundle / stray[0]} is in the bundle but the manifest says "
-                              f"N={n}; remove it or re-export the bundle")
-    for rel in sorted(files):
-        check_size(bundle / rel, file_entry_of(manifest, rel))
-    try:
-        loading_masks(manifest["loading_order"], n)
-    except MaskError as e:
-        raise CheckpointError(f"{path}: loading_order is invalid ({e})") from None
+    manifest = _load_json(path)
+    problems = schema_problems(bundle, manifest) or layout_problems(bundle, manifest)
+    if problems:
+        raise CheckpointError(problems[0])
     return manifest
 
 
@@ -97,15 +233,81 @@ def file_entry_of(manifest: Mapping[str, Any], rel: str) -> FileEntry:
     return FileEntry(int(entry["bytes"]), str(entry["sha256"]))
 
 
+def stored_as_model(manifest: Mapping[str, Any], rel: str) -> bool:
+    """True if file ``rel`` holds the model's tensors as they are (not stored below fp32)."""
+    return manifest["files"][rel].get("dtype") in (None, "fp32")
+
+
+class BundleError(CheckpointError):
+    """A bundle failed ``verify``; ``problems`` lists every problem found, one line each."""
+
+    def __init__(self, bundle: Path, problems: list[str]) -> None:
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        super().__init__(f"{bundle} fails verification with {count}; first: {problems[0]}\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+def _file_problems(bundle: Path, manifest: Mapping[str, Any], rel: str,
+                   expected: Mapping[str, Any] | None) -> list[str]:
+    """Problems of one file: its sha256, its safetensors header, and its tensors vs the model."""
+    from pwl.runtime.storage import check_header
+
+    path = bundle / rel
+    entry = file_entry_of(manifest, rel)
+    try:
+        _, sha = read_file(path, keep=False, limit=entry.bytes, regular_only=True)
+        check_sha256(path, entry, sha)
+        with open_regular(path) as f:
+            prefix = f.read(8)
+            head = prefix + f.read(min(header_length(prefix, entry.bytes, path), MAX_HEADER))
+        header = parse_header(head, entry.bytes, path)
+        if expected is not None:
+            check_header(header, expected, path)
+    except CheckpointError as e:
+        return [str(e)]
+    return []
+
+
 def verify(bundle_dir: str | Path) -> dict[str, Any]:
-    """Checks every file of a bundle (existence, size, sha256) and N; returns the manifest.
+    """Checks a whole bundle and returns its manifest.
+
+    Checks the manifest (schema, names, layout, sizes, loading order), its model config
+    against the registered builders, and every file: sha256, safetensors header, and
+    tensor names, shapes and dtypes against the model the manifest describes.
 
     Raises:
-        CheckpointError: naming the first file that does not match the manifest.
+        BundleError: listing every problem found (one per line, the first line a summary).
     """
+    # Imported here: materialise reads manifests, so a module-level import would cycle.
+    from pwl.runtime.materialise import build_empty, expected_tensors
+
     bundle = Path(bundle_dir)
-    manifest = read_manifest(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; {bundle} is not a bundle (create one "
+                              "with `python -m pwl.export checkpoint=<run> out=<dir>`)")
+    manifest = _load_json(path)
+    problems = schema_problems(bundle, manifest)
+    if problems:
+        # the files cannot be checked against a manifest that is not one
+        raise BundleError(bundle, problems)
+    problems = layout_problems(bundle, manifest)
+    hybrid = None
+    try:
+        hybrid = build_empty(manifest["model"], manifest["feature_shapes"], path)
+        if hybrid.num_blocks != manifest["num_blocks"]:
+            problems.append(f"{path} says N={manifest['num_blocks']} but its model config "
+                            f"builds N={hybrid.num_blocks} blocks; {FIX}")
+            hybrid = None
+    except PWLError as e:
+        problems.append(str(e))
     for rel in sorted(manifest["files"]):
-        _, sha = read_file(bundle / rel, keep=False)
-        check_sha256(bundle / rel, file_entry_of(manifest, rel), sha)
+        if not (bundle / rel).is_file() or name_problem(bundle, rel):
+            continue
+        expected = (expected_tensors(hybrid, rel) if hybrid is not None
+                    and stored_as_model(manifest, rel) else None)
+        problems += _file_problems(bundle, manifest, rel, expected)
+    if problems:
+        raise BundleError(bundle, problems)
     return manifest

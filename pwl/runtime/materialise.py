@@ -13,19 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_object
 from torch import nn
 
 from pwl.adapters import Adapters
 from pwl.blocks import BlockNet
-from pwl.build import build_net, check_model_cfg
-from pwl.errors import CheckpointError, ConfigError
+from pwl.build import build_saved_net_of, check_saved_model_cfg
+from pwl.errors import CheckpointError
 from pwl.hybrid import HybridNet
+from pwl.precision import dequantise
 from pwl.runtime.manifest import (
     MANIFEST,
     STUDENT_FILE,
     file_entry_of,
     read_manifest,
+    stored_as_model,
     teacher_block_file,
 )
 from pwl.runtime.storage import read_tensors
@@ -75,8 +76,13 @@ def _split_prefixes(tensors: Mapping[str, torch.Tensor], modules: Sequence[nn.Mo
 
 def assign_unit(teacher: BlockNet, block: int, tensors: Mapping[str, torch.Tensor],
                 source: Path | str) -> None:
-    """Materialises teacher swap unit ``block`` from the tensors of its block file."""
-    _split_prefixes(tensors, teacher.unit_modules(block), teacher.unit_prefixes(block), source)
+    """Materialises teacher swap unit ``block`` from the tensors of its block file.
+
+    Shards stored below fp32 (``pwl.precision``) are dequantised here, so every
+    reader of a bundle runs the same fp32 values the export measured.
+    """
+    _split_prefixes(dequantise(tensors, source), teacher.unit_modules(block),
+                    teacher.unit_prefixes(block), source)
 
 
 def assign_student(hybrid: HybridNet, tensors: Mapping[str, torch.Tensor],
@@ -86,47 +92,75 @@ def assign_student(hybrid: HybridNet, tensors: Mapping[str, torch.Tensor],
                     source)
 
 
-def import_builders(model_cfg: Mapping[str, Any]) -> None:
-    """Imports the teacher and student builders, so a later build does not pay for imports."""
-    for role in ("teacher", "student"):
-        target = model_cfg.get(role, {}).get("_target_")
-        if target is not None:
-            try:
-                get_object(target)
-            except (ImportError, ValueError) as e:
-                raise ConfigError(f"model.{role}._target_={target} cannot be imported: "
-                                  f"{e}") from None
+def import_builders(model_cfg: Mapping[str, Any], source: str | Path = MANIFEST) -> None:
+    """Checks ``model_cfg`` against the registered builders, which are imported by then.
+
+    A later build then pays for neither imports nor checks. Nothing the config
+    names is imported: a builder is found by a lookup in the registry.
+    """
+    check_saved_model_cfg(model_cfg, source)
 
 
-def build_on_meta(cfg: Mapping[str, Any], role: str) -> BlockNet:
-    """Builds the net of ``cfg`` with its tensors on the meta device (no memory held)."""
+def build_on_meta(cfg: Mapping[str, Any], role: str, source: str | Path = MANIFEST) -> BlockNet:
+    """Builds ``model.<role>`` of a saved config with its tensors on the meta device.
+
+    The config must name a registered builder with valid arguments (``pwl.models``);
+    ``source`` (the file it came from) is named in errors.
+    """
     try:
         with torch.device("meta"):
-            return build_net(cfg, role)
-    except ConfigError as meta_error:
+            return build_saved_net_of(cfg, role, source)
+    except CheckpointError as meta_error:
         # Some builders read tensor values (.item(), .tolist()) and cannot run on meta;
-        # building on the CPU still works, it only allocates the weights once.
-        net = build_net(cfg, role)
+        # building on the CPU still works, it only allocates the weights once. An invalid
+        # config fails the same way again here, before anything is built.
+        net = build_saved_net_of(cfg, role, source)
         warnings.warn(f"cannot build model.{role} on the meta device ({meta_error}); "
                       "built on the CPU instead, which allocates its weights once",
                       stacklevel=2)
         return net.to_empty(device="meta")
 
 
-def build_empty(model_cfg: Mapping[str, Any], feature_shapes: Mapping[str, Sequence]
-                ) -> HybridNet:
+def build_empty(model_cfg: Mapping[str, Any], feature_shapes: Mapping[str, Sequence],
+                source: str | Path = MANIFEST) -> HybridNet:
     """The hybrid of ``model_cfg`` with every tensor on the meta device (no memory held).
 
-    ``feature_shapes`` (``{"teacher": [...], "student": [...]}``, per boundary)
-    size the adapters without running either network.
+    ``model_cfg`` is data read from ``source``: it is validated against the registered
+    builders before anything is built. ``feature_shapes`` (``{"teacher": [...],
+    "student": [...]}``, per boundary) size the adapters without running either network.
     """
-    check_model_cfg(model_cfg)
-    teacher = build_on_meta(model_cfg["teacher"], "teacher")
-    student = build_on_meta(model_cfg["student"], "student")
-    with torch.device("meta"):
-        adapters = Adapters(feature_shapes["teacher"], feature_shapes["student"],
-                            model_cfg.get("adapter", "linear"))
-    return HybridNet(teacher, student, adapters).eval()
+    check_saved_model_cfg(model_cfg, source)
+    teacher = build_on_meta(model_cfg["teacher"], "teacher", source)
+    student = build_on_meta(model_cfg["student"], "student", source)
+    try:
+        with torch.device("meta"):
+            adapters = Adapters(feature_shapes["teacher"], feature_shapes["student"],
+                                model_cfg.get("adapter", "linear"))
+        return HybridNet(teacher, student, adapters).eval()
+    except Exception as e:  # shapes each valid alone may still not pair up
+        raise CheckpointError(f"{source}: feature_shapes do not fit the model config "
+                              f"({type(e).__name__}: {str(e)[:200]}); re-export the bundle"
+                              ) from None
+
+
+def expected_tensors(hybrid: HybridNet, rel: str
+                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor bundle file ``rel`` holds for ``hybrid``.
+
+    Read from the (meta) modules, so a file's safetensors header can be checked
+    against the model before any of its tensor data is used.
+    """
+    if rel == STUDENT_FILE:
+        parts = [(hybrid.student, "student."), (hybrid.adapters, "adapters.")]
+    else:
+        block = next(i for i in range(hybrid.num_blocks) if teacher_block_file(i) == rel)
+        parts = list(zip(hybrid.teacher.unit_modules(block),
+                         hybrid.teacher.unit_prefixes(block)))
+    expected = {}
+    for module, prefix in parts:
+        tensors = {**dict(module.named_buffers()), **module.state_dict()}
+        expected.update({prefix + k: (tuple(v.shape), v.dtype) for k, v in tensors.items()})
+    return expected
 
 
 def check_num_blocks(hybrid: HybridNet, manifest: Mapping[str, Any], bundle: Path) -> None:
@@ -140,12 +174,14 @@ def load_bundle_hybrid(bundle_dir: str | Path) -> tuple[HybridNet, dict[str, Any
     """The whole hybrid of a bundle (every file read and checked) in eval mode, and its config."""
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
-    hybrid = build_empty(manifest["model"], manifest["feature_shapes"])
+    hybrid = build_empty(manifest["model"], manifest["feature_shapes"], bundle / MANIFEST)
     check_num_blocks(hybrid, manifest, bundle)
-    path = bundle / STUDENT_FILE
-    assign_student(hybrid, read_tensors(path, file_entry_of(manifest, STUDENT_FILE)), path)
+
+    def read(rel: str) -> dict[str, torch.Tensor]:
+        expected = expected_tensors(hybrid, rel) if stored_as_model(manifest, rel) else None
+        return read_tensors(bundle / rel, file_entry_of(manifest, rel), expected=expected)
+
+    assign_student(hybrid, read(STUDENT_FILE), bundle / STUDENT_FILE)
     for i in range(hybrid.num_blocks):
-        rel = teacher_block_file(i)
-        assign_unit(hybrid.teacher, i, read_tensors(bundle / rel, file_entry_of(manifest, rel)),
-                    bundle / rel)
+        assign_unit(hybrid.teacher, i, read(teacher_block_file(i)), bundle / teacher_block_file(i))
     return hybrid.eval(), manifest["model"]

@@ -29,8 +29,21 @@ import torch
 from pwl.errors import CheckpointError, PWLError
 from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, blocks_of_masks, loading_masks, parts_needed, teacher_blocks
-from pwl.runtime.manifest import STUDENT_FILE, file_entry_of, read_manifest, teacher_block_file
-from pwl.runtime.materialise import assign_student, assign_unit, build_empty, check_num_blocks
+from pwl.runtime.manifest import (
+    MANIFEST,
+    STUDENT_FILE,
+    file_entry_of,
+    read_manifest,
+    stored_as_model,
+    teacher_block_file,
+)
+from pwl.runtime.materialise import (
+    assign_student,
+    assign_unit,
+    build_empty,
+    check_num_blocks,
+    expected_tensors,
+)
 from pwl.runtime.storage import LoadingStopped, Pacer, parse_bandwidth, read_tensors
 
 
@@ -117,11 +130,14 @@ class ProgressiveModel:
         device = torch.device(device)
         rate = parse_bandwidth(bandwidth)
         manifest = read_manifest(bundle)
-        hybrid = build_empty(manifest["model"], manifest["feature_shapes"])
+        hybrid = build_empty(manifest["model"], manifest["feature_shapes"], bundle / MANIFEST)
         check_num_blocks(hybrid, manifest, bundle)
         path = bundle / STUDENT_FILE
         entry = file_entry_of(manifest, STUDENT_FILE)
-        assign_student(hybrid, read_tensors(path, entry, Pacer(rate), mmap, device), path)
+        expected = (expected_tensors(hybrid, STUDENT_FILE)
+                    if stored_as_model(manifest, STUDENT_FILE) else None)
+        assign_student(hybrid, read_tensors(path, entry, Pacer(rate), mmap, device, expected),
+                       path)
         model = cls(bundle, manifest, hybrid.eval(), device, rate, mmap, started)
         mask = model.mask
         model._record(LoadEvent(0, mask, None, model.elapsed(), entry.bytes, model.elapsed()))
@@ -259,9 +275,11 @@ class ProgressiveModel:
                 rel = teacher_block_file(block)
                 path = self.bundle / rel
                 entry = file_entry_of(self.manifest, rel)
+                expected = (expected_tensors(self._hybrid, rel)
+                            if stored_as_model(self.manifest, rel) else None)
                 try:
-                    assign_unit(teacher, block,
-                                read_tensors(path, entry, pacer, self.mmap, self.device), path)
+                    assign_unit(teacher, block, read_tensors(path, entry, pacer, self.mmap,
+                                                             self.device, expected), path)
                 except LoadingStopped:
                     return
                 except PWLError as e:

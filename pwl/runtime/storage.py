@@ -10,11 +10,17 @@ and then lets safetensors map it.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import os
 import re
+import stat
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,6 +32,16 @@ _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2
           "gib": 2**30, "kbit": 125, "mbit": 125e3, "gbit": 125e6}
 _MIN_CHUNK = 4 << 10
 _MAX_CHUNK = 4 << 20
+# A header lists names, shapes and offsets: kilobytes for any real shard. A larger
+# length is a lie, refused before it is read or allocated.
+MAX_HEADER = 16 << 20
+# Element sizes of the safetensors dtypes; any other dtype name is refused.
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2,
+                      "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8,
+                      "U64": 8, "F64": 8}
+TORCH_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+                torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
+                torch.float32: "F32", torch.int64: "I64", torch.float64: "F64"}
 
 
 class LoadingStopped(Exception):
@@ -105,9 +121,38 @@ class FileEntry:
         return {"bytes": self.bytes, "sha256": self.sha256}
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """Opens a bundle file for reading, refusing a symbolic link or anything not a regular file.
+
+    Checked on the open file itself, so a file swapped for a link (or a FIFO, which
+    would never end) after the manifest was read is refused too.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist (it went missing after the bundle was "
+                              "opened); re-export the bundle") from None
+    except OSError as e:
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symbolic link; a bundle holds regular files "
+                                  "only, copy the file into the bundle") from None
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path} is not a regular file; a bundle holds regular files "
+                              "only, re-export the bundle")
+    return os.fdopen(fd, "rb")
+
+
 def read_file(path: Path, pacer: Pacer | None = None, keep: bool = True,
-              digest: bool = True) -> tuple[bytes | None, str | None]:
+              digest: bool = True, limit: int | None = None,
+              regular_only: bool = False) -> tuple[bytes | None, str | None]:
     """Reads ``path`` in paced chunks.
+
+    Args:
+        limit: read at most this many bytes plus one (a file that grew past the size the
+            manifest gives is then caught by its size or hash, without reading on forever).
+        regular_only: refuse a symbolic link or a non-regular file (bundle files).
 
     Returns:
         (the content if ``keep`` else None, the sha256 hex digest if ``digest`` else None).
@@ -115,9 +160,15 @@ def read_file(path: Path, pacer: Pacer | None = None, keep: bool = True,
     pacer = pacer or Pacer()
     hasher = hashlib.sha256() if digest else None
     chunks: list[bytes] = []
+    left = None if limit is None else limit + 1
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(pacer.chunk_size):
+        with (open_regular(path) if regular_only else open(path, "rb")) as f:
+            while left is None or left > 0:
+                chunk = f.read(pacer.chunk_size if left is None else min(pacer.chunk_size, left))
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
                 if hasher is not None:
                     hasher.update(chunk)
                 if keep:
@@ -149,16 +200,32 @@ def check_sha256(path: Path, entry: FileEntry, sha256: str) -> None:
 
 
 def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap: bool = False,
-                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+                 device: torch.device | str = "cpu",
+                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]] | None = None
+                 ) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file whose size and sha256 match ``entry``.
+
+    The header is checked (``parse_header``), and against ``expected`` when given,
+    before any tensor is made from the data.
 
     Args:
         mmap: stream the file once for its hash, then read the tensors through
             safetensors' memory map; else parse the bytes read into memory.
+        expected: name -> (shape, dtype or None for any) of every tensor the file must
+            hold, and of no other.
     """
     check_size(path, entry)
-    data, sha = read_file(path, pacer, keep=not mmap)
+    data, sha = read_file(path, pacer, keep=not mmap, limit=entry.bytes, regular_only=True)
     check_sha256(path, entry, sha)
+    if data is None:
+        with open_regular(path) as f:
+            prefix = f.read(8)
+            head = prefix + f.read(header_length(prefix, entry.bytes, path))
+    else:
+        head = data
+    header = parse_header(head, entry.bytes, path)
+    if expected is not None:
+        check_header(header, expected, path)
     try:
         if mmap:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -168,3 +235,115 @@ def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); "
                               "re-export the bundle") from None
     return {k: v.to(device) for k, v in tensors.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a safetensors header describes it (offsets into the data section)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def header_length(prefix: bytes, file_size: int, path: Path) -> int:
+    """The header length the first 8 bytes give (little-endian), checked against the file."""
+    if len(prefix) < 8 or file_size < 8:
+        raise CheckpointError(f"{path} is too short for a safetensors file; re-export the bundle")
+    n = int.from_bytes(prefix[:8], "little")
+    if not 2 <= n <= min(MAX_HEADER, file_size - 8):
+        raise CheckpointError(f"{path}: safetensors header length {n} does not fit the file "
+                              f"({file_size} bytes, at most {MAX_HEADER} of header); the file "
+                              "is corrupt, re-export the bundle")
+    return n
+
+
+def _bad(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: safetensors header {what}; the file is corrupt or forged, "
+                           "re-export the bundle")
+
+
+def _ints(value: object) -> bool:
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+
+
+def parse_header(head: bytes, file_size: int, path: Path) -> dict[str, TensorInfo]:
+    """The tensors of a safetensors header, refused unless it describes the file exactly.
+
+    Checks what safetensors' own format requires, before any tensor is made: a header
+    length that fits, a JSON object of known dtypes and non-negative shapes, each
+    tensor's byte range as long as its shape and dtype say, and ranges that tile the
+    data section without overlap or gap.
+
+    Args:
+        head: the file's first bytes (at least the 8-byte length and the header).
+        file_size: the size of the whole file.
+    """
+    n = header_length(head, file_size, path)
+    if len(head) < 8 + n:
+        raise _bad(path, f"needs {n} bytes but the file ends first")
+    try:
+        header = json.loads(head[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise _bad(path, "is not JSON") from None
+    if not isinstance(header, dict):
+        raise _bad(path, "is not a JSON object")
+    data_size = file_size - 8 - n
+    tensors: dict[str, TensorInfo] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise _bad(path, "__metadata__ is not a map of strings")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise _bad(path, f"entry {name[:80]!r} is not {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise _bad(path, f"gives {name[:80]!r} the unknown dtype {str(dtype)[:20]!r}")
+        if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
+            raise _bad(path, f"gives {name[:80]!r} a malformed shape or data_offsets")
+        start, end = offsets
+        if not start <= end <= data_size:
+            raise _bad(path, f"puts {name[:80]!r} at bytes {start}..{end}, outside the "
+                       f"{data_size} bytes of data")
+        if end - start != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
+            raise _bad(path, f"gives {name[:80]!r} {end - start} bytes but shape {shape} of "
+                       f"{dtype} needs {math.prod(shape) * SAFETENSORS_DTYPES[dtype]}")
+        tensors[name] = TensorInfo(dtype, tuple(shape), start, end)
+    at = 0
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if info.start != at:
+            raise _bad(path, f"has {'overlapping' if info.start < at else 'gapped'} tensor "
+                       f"data at byte {min(info.start, at)}")
+        at = info.end
+    if at != data_size:
+        raise _bad(path, f"covers {at} of the {data_size} bytes of data")
+    return tensors
+
+
+def check_header(header: Mapping[str, TensorInfo],
+                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]],
+                 path: Path) -> None:
+    """Raises ``CheckpointError`` unless ``header`` holds exactly the ``expected`` tensors.
+
+    ``expected`` maps name -> (shape, dtype); a dtype of None accepts any.
+    """
+    missing = sorted(expected.keys() - header.keys())
+    unexpected = sorted(header.keys() - expected.keys())
+    if missing or unexpected:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0][:80]})")
+        raise CheckpointError(f"{path} does not match the model in the manifest: "
+                              + ", ".join(details))
+    for name, (shape, dtype) in sorted(expected.items()):
+        info = header[name]
+        if info.shape != tuple(shape):
+            raise CheckpointError(f"{path} does not match the model in the manifest: {name} "
+                                  f"has shape {list(info.shape)}, the model {list(shape)}")
+        if dtype is not None and info.dtype != TORCH_DTYPES.get(dtype):
+            raise CheckpointError(f"{path} does not match the model in the manifest: {name} "
+                                  f"is {info.dtype}, the model {TORCH_DTYPES.get(dtype, dtype)}")
