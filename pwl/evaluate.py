@@ -1,17 +1,17 @@
 """``python -m pwl.evaluate checkpoint=<run dir | .ckpt | bundle dir>``: the stage curve.
 
-Evaluates the loading orders of a trained hybrid on the test split with the
-shared-prefix evaluator and writes ``stages.csv``, ``stages.json`` and
-``stages.png`` into the Hydra run directory (or ``out=``).
+Evaluates the loading orders of a trained hybrid on the test split (``orders=[all]``:
+every mask, on the validation split, for choosing a loading plan) with the
+shared-prefix evaluator and writes ``stages.csv``, ``stages.json``, ``stages.png``
+and ``masks.csv`` (each mask's bytes) into the Hydra run directory (or ``out=``).
 
 The data config is the one the model was trained with when the run saved it
-(``<run dir>/.hydra/config.yaml`` or a bundle manifest's ``data``); a ``data=``
-or ``data.*`` override on the command line replaces it.
+(``<run dir>/.hydra/config.yaml`` or a bundle manifest's ``data``) unless
+``data=<name>`` is given.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,19 +26,19 @@ from rich.table import Table
 
 from pwl.build import build_datamodule
 from pwl.checkpoint import load_hybrid, saved_data_cfg
-from pwl.cli import user_errors_as_one_line
+from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import resolve_masks
-from pwl.stages import StageResult, evaluate_stages, write_stages
-
-DATA_OVERRIDE = re.compile(r"^[+~]*data([.=]|$)")
-
-
-def data_overridden() -> bool:
-    """True if the command line chose the data config (``data=...`` or ``data.key=...``)."""
-    if not HydraConfig.initialized():
-        return False
-    return any(DATA_OVERRIDE.match(o) for o in HydraConfig.get().overrides.task)
+from pwl.runtime.manifest import MANIFEST, read_manifest, teacher_block_file
+from pwl.schemas import check_app_config
+from pwl.stages import (
+    StageResult,
+    accuracy_by_mask,
+    evaluate_stages,
+    mask_bytes,
+    write_masks,
+    write_stages,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,13 +79,36 @@ def print_result(result: StageResult, paths: dict[str, Path], console: Console) 
         console.print(f"  {path}", soft_wrap=True)
 
 
-def evaluate(cfg: DictConfig) -> StageResult:
-    """Runs the evaluation that ``conf/evaluate.yaml`` describes and writes the files."""
+def resolve_split(split: str, orders: list[str]) -> str:
+    """``auto`` is val for a table of every mask (choices such as a loading plan are made on
+    it, so it must not be the test split), else test."""
+    if split == "auto":
+        return "val" if "all" in orders else "test"
+    if split not in ("test", "val"):
+        raise ConfigError(f"split={split!r} is unknown; use auto, test or val")
+    return split
+
+
+def bundle_block_bytes(checkpoint: Path) -> list[int] | None:
+    """Sizes of a bundle's teacher files (at their stored precision), or None for a run."""
+    if not (checkpoint.is_dir() and (checkpoint / MANIFEST).is_file()):
+        return None
+    manifest = read_manifest(checkpoint)
+    return [int(manifest["files"][teacher_block_file(i)]["bytes"])
+            for i in range(manifest["num_blocks"])]
+
+
+def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
+    """Runs the evaluation that ``conf/evaluate.yaml`` describes and writes the files.
+
+    Writes ``<stem>.csv|json|png`` and ``masks<suffix>.csv`` (each mask's accuracy and
+    bytes; ``<suffix>`` is what follows ``stages`` in ``stem``) into the output dir.
+    """
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("checkpoint is not set; pass checkpoint=<distill run dir, .ckpt or "
                           "bundle dir>")
-    if cfg.split not in ("test", "val"):
-        raise ConfigError(f"split={cfg.split!r} is unknown; use test or val")
+    check_app_config(cfg, "evaluate")
+    split = resolve_split(cfg.split, list(cfg.orders))
     if not cfg.out and not HydraConfig.initialized():
         raise ConfigError("out is not set and there is no Hydra run directory; pass out=<dir>")
     out_dir = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
@@ -98,27 +121,32 @@ def evaluate(cfg: DictConfig) -> StageResult:
     orders = list(cfg.orders)
     resolve_masks(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
 
-    data_cfg, source = ((None, None) if data_overridden()
-                        else saved_data_cfg(checkpoint, fix="pass data=<name> instead"))
+    if cfg.get("data") is not None:
+        data_cfg, source = OmegaConf.to_container(cfg.data, resolve=True), None
+    else:
+        data_cfg, source = saved_data_cfg(checkpoint, fix="pass data=<name> instead")
     if data_cfg is None:
-        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+        raise ConfigError(f"{checkpoint} has no saved data config; pass one with data=<name> "
+                          "(e.g. data=fashion_mnist)")
     batch_size = {"eval_batch_size": cfg.batch_size} if cfg.batch_size else {}
-    dm = build_datamodule(data_cfg, **batch_size)
+    dm = build_datamodule(data_cfg, saved_from=source, **batch_size)
     if list(dm.input_shape) != list(model_cfg["input_shape"]):
         raise ConfigError(f"the data gives images of shape {list(dm.input_shape)} but the model "
                           f"expects {list(model_cfg['input_shape'])}; pass the data config it "
                           "was trained with (data=<name>)")
 
     console = Console()
-    console.print(f"evaluating {checkpoint} on {dm.name} {cfg.split} on {device} "
+    console.print(f"evaluating {checkpoint} on {dm.name} {split} on {device} "
                   f"(data config: {source or 'data=' + dm.name})", soft_wrap=True)
     hybrid.to(device)
-    loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()
-    batches = preprocessed(dm, loader, device, cfg.limit_batches, f"stages ({cfg.split})")
+    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
+    batches = preprocessed(dm, loader, device, cfg.limit_batches, f"stages ({split})")
     result = evaluate_stages(hybrid, batches, orders)
 
-    meta = {"split": cfg.split, "checkpoint": str(checkpoint), "model": model_cfg.get("name")}
-    paths = write_stages([result], out_dir, meta=meta)
+    meta = {"split": split, "checkpoint": str(checkpoint), "model": model_cfg.get("name")}
+    paths = write_stages([result], out_dir, stem=stem, meta=meta)
+    costs = mask_bytes(hybrid, accuracy_by_mask(result.rows), bundle_block_bytes(checkpoint))
+    paths["masks"] = write_masks(costs, out_dir / f"masks{stem.removeprefix('stages')}.csv")
     print_result(result, paths, console)
     return result
 
@@ -129,7 +157,7 @@ def run(cfg: DictConfig) -> float | None:
     return evaluate(cfg).prefix_auc
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Console-script entry point (``pwl-evaluate``)."""
     return run(cfg)

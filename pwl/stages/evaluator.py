@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
+from pwl.blocks import BlockNet
 from pwl.errors import DataError
 from pwl.hybrid import HybridNet
-from pwl.masks import masks_for_order, resolve_masks, teacher_blocks
-from pwl.stages.files import StageRow
+from pwl.masks import masks_for_order, parts_needed, resolve_masks, teacher_blocks
+from pwl.precision import estimated_bytes
+from pwl.stages.files import MaskBytes, StageRow
 
 # Orders whose masks are named by k alone in scalar keys (one mask per k).
 K_ORDERS = ("prefix", "suffix")
@@ -36,6 +38,47 @@ def mask_teacher_params(hybrid: HybridNet, mask: str) -> int:
 def mask_bytes_loaded(hybrid: HybridNet, mask: str) -> int:
     """Bytes ``mask`` needs beyond the student shard (which holds student and adapters)."""
     return sum(hybrid.teacher.unit_num_bytes(i) for i, who in enumerate(mask) if who == "T")
+
+
+def teacher_block_bytes(teacher: BlockNet, dtype: str = "fp32") -> list[int]:
+    """Bytes of each teacher block's tensors stored at ``dtype`` (``pwl.precision``), block 0 first.
+
+    An estimate from the tensors' sizes: a bundle's files add a small header each.
+    """
+    return [sum(estimated_bytes(dict((*m.named_parameters(), *m.named_buffers())), dtype)
+                for m in teacher.unit_modules(i)) for i in range(teacher.num_blocks)]
+
+
+def student_bytes_used(hybrid: HybridNet, mask: str) -> int:
+    """Bytes of the student blocks and adapters ``mask`` still runs (what remains of the
+    student shard once everything else is freed)."""
+    _, student, adapters = parts_needed([mask])
+    tensors = [t for i in student for m in hybrid.student.unit_modules(i)
+               for t in (*m.parameters(), *m.buffers())]
+    tensors += [t for kind, b in adapters for t in (*getattr(hybrid.adapters, kind)[b].parameters(),
+                                                    *getattr(hybrid.adapters, kind)[b].buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def mask_bytes(hybrid: HybridNet, accuracy: dict[str, float],
+               bundle_block_bytes: Sequence[int] | None = None) -> list[MaskBytes]:
+    """Per mask: its accuracy, the student bytes it still runs and its teacher bytes at
+    every precision (estimated), and in the bundle's files when ``bundle_block_bytes``
+    (one size per teacher file) is given."""
+    per_dtype = {dtype: teacher_block_bytes(hybrid.teacher, dtype)
+                 for dtype in ("fp32", "fp16", "int8")}
+
+    def teacher(sizes: Sequence[int], mask: str) -> int:
+        return sum(size for size, who in zip(sizes, mask) if who == "T")
+
+    return [MaskBytes(mask=mask, k=teacher_blocks(mask), accuracy=acc,
+                      student_bytes=student_bytes_used(hybrid, mask),
+                      teacher_bytes_fp32=teacher(per_dtype["fp32"], mask),
+                      teacher_bytes_fp16=teacher(per_dtype["fp16"], mask),
+                      teacher_bytes_int8=teacher(per_dtype["int8"], mask),
+                      teacher_bytes_bundle=(teacher(bundle_block_bytes, mask)
+                                            if bundle_block_bytes is not None else None))
+            for mask, acc in accuracy.items()]
 
 
 def prefix_auc(rows: Iterable[StageRow], num_blocks: int) -> float | None:

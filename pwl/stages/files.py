@@ -43,6 +43,39 @@ class StageRow:
 COLUMNS = tuple(f.name for f in fields(StageRow))
 
 
+@dataclass
+class MaskBytes:
+    """One row of ``masks.csv``: what a mask costs in memory and on the wire.
+
+    ``student_bytes``: the student blocks and adapters the mask runs (fp32);
+    ``teacher_bytes_<dtype>``: its teacher blocks stored at that precision (estimated
+    from the tensors, see ``pwl.precision``); ``teacher_bytes_bundle``: the sizes of
+    its teacher files when the model came from a bundle, else None (empty).
+    """
+
+    mask: str
+    k: int
+    accuracy: float
+    student_bytes: int
+    teacher_bytes_fp32: int
+    teacher_bytes_fp16: int
+    teacher_bytes_int8: int
+    teacher_bytes_bundle: int | None
+
+
+def write_masks(rows: Iterable[MaskBytes], path: str | Path) -> Path:
+    """Writes ``masks.csv`` (atomically): one row per mask, its accuracy and bytes."""
+    import io
+
+    path = Path(path)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow([f.name for f in fields(MaskBytes)])
+    writer.writerows(["" if v is None else v for v in astuple(r)] for r in rows)
+    _atomic_write_text(path, buf.getvalue())
+    return path
+
+
 
 def last_epoch(rows: Sequence[StageRow]) -> list[StageRow]:
     """The rows of the last epoch in ``rows`` (all of them if they share one epoch)."""

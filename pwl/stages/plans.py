@@ -1,0 +1,221 @@
+"""Loading plans: the order of teacher blocks with the most accuracy per byte loaded.
+
+A loading order goes from the student (``S...S``) to the teacher (``T...T``),
+adding one teacher block per step. While block ``b_j`` (``w_j`` bytes) arrives,
+the app answers with the previous mask ``m_{j-1}``, so the area under accuracy
+vs bytes loaded is::
+
+    area = sum_j accuracy(m_{j-1}) * w_j        (j = 1..N; m_0 = S^N)
+
+and ``area / sum_j w_j`` is the mean accuracy over the load. The teacher's own
+accuracy never enters: once it holds, loading is over. ``best_order`` finds the
+order of largest area exactly by dynamic programming over sets of loaded blocks
+(O(2^N * N)); ``area`` scores any order.
+
+``plan.csv`` (one writer, one reader here) holds the plan next to the orders it
+is compared with, one row per (order, step)::
+
+    order,step,mask,block,block_bytes,bytes_loaded,accuracy,mean_accuracy
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from pwl.errors import CheckpointError, ConfigError
+from pwl.masks import blocks_of_masks, loading_masks, validate_mask
+
+MAX_PLAN_BLOCKS = 20
+PLAN_ORDER = "plan"
+
+
+def area(masks: Sequence[str], accuracy: Mapping[str, float], block_bytes: Sequence[int]
+         ) -> float:
+    """Area under accuracy vs bytes of a loading order (accuracy x bytes).
+
+    Args:
+        masks: the order's masks, each adding one teacher block (all-student first,
+            added if left out); a partial order scores the steps it has.
+        accuracy: accuracy per mask; every mask but the last must be there.
+        block_bytes: bytes of each teacher block, block 0 first.
+    """
+    n = len(block_bytes)
+    masks = loading_masks(list(masks), n)
+    total = 0.0
+    for prev, block in zip(masks, blocks_of_masks(masks, n)):
+        if prev not in accuracy:
+            raise ConfigError(f"the accuracy table has no mask {prev!r}, which the order "
+                              "passes through; evaluate it (pwl.evaluate orders=[all])")
+        total += accuracy[prev] * block_bytes[block]
+    return total
+
+
+def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
+               ) -> tuple[list[str], float]:
+    """The loading order of largest ``area`` over the masks in ``accuracy``, exactly.
+
+    best[S] is the largest area of any order that has loaded the set S of blocks:
+    best[S] = max over b in S of best[S - b] + accuracy(S - b) * bytes[b]. Masks
+    missing from ``accuracy`` are never passed through (all-teacher needs none).
+    Ties go to the order that loads lower blocks first, so a flat table gives prefix.
+
+    Args:
+        accuracy: accuracy per mask (a table of every mask, or of the masks to choose from).
+        block_bytes: bytes of each teacher block, block 0 first; N = its length <= 20.
+
+    Returns:
+        (the order's masks from all-student to all-teacher, its area).
+    """
+    n = len(block_bytes)
+    if not 2 <= n <= MAX_PLAN_BLOCKS:
+        raise ConfigError(f"a plan needs 2 <= N <= {MAX_PLAN_BLOCKS} blocks, got N={n}")
+    size = 1 << n
+    # Bit i of a state is block i; mask string position i is block i.
+    acc = np.full(size, np.nan)
+    for mask, value in accuracy.items():
+        validate_mask(mask, n)
+        acc[int(mask[::-1].replace("S", "0").replace("T", "1"), 2)] = float(value)
+    weights = np.asarray(block_bytes, dtype=np.float64)
+    best = np.full(size, -np.inf)
+    best[0] = 0.0 if not np.isnan(acc[0]) else -np.inf
+    last = np.full(size, -1, dtype=np.int64)
+    states = np.arange(size)
+    popcount = np.zeros(size, dtype=np.int64)
+    for i in range(n):
+        popcount += (states >> i) & 1
+    for k in range(1, n + 1):
+        layer = states[popcount == k]
+        candidates = np.full((n, len(layer)), -np.inf)
+        for b in range(n):
+            has = (layer >> b) & 1 == 1
+            prev = layer[has] ^ (1 << b)
+            held = acc[prev]
+            ok = ~np.isnan(held)
+            score = np.full(len(prev), -np.inf)
+            score[ok] = best[prev[ok]] + held[ok] * weights[b]
+            candidates[b, has] = score
+        # The last block added wins ties from the highest index, so earlier steps load
+        # lower blocks first.
+        pick = n - 1 - np.argmax(candidates[::-1], axis=0)
+        best[layer] = candidates[pick, np.arange(len(layer))]
+        last[layer] = pick
+    full = size - 1
+    if not np.isfinite(best[full]):
+        raise ConfigError("the accuracy table holds no loading order from all-student to "
+                          "all-teacher; evaluate every mask (pwl.evaluate orders=[all])")
+    blocks, state = [], full
+    while state:
+        b = int(last[state])
+        blocks.append(b)
+        state ^= 1 << b
+    return loading_masks(blocks[::-1], n), float(best[full])
+
+
+@dataclass
+class PlanRow:
+    """One row of ``plan.csv``: a step of one loading order.
+
+    ``block`` is the teacher block added at this step (-1 at step 0), ``bytes_loaded``
+    the teacher bytes loaded once it is in, ``mean_accuracy`` the order's area over
+    its total bytes (the same on each of its rows).
+    """
+
+    order: str
+    step: int
+    mask: str
+    block: int
+    block_bytes: int
+    bytes_loaded: int
+    accuracy: float
+    mean_accuracy: float
+
+
+PLAN_COLUMNS = tuple(f.name for f in fields(PlanRow))
+
+
+def plan_rows(order: str, masks: Sequence[str], accuracy: Mapping[str, float],
+              block_bytes: Sequence[int]) -> list[PlanRow]:
+    """The rows of one loading order (all-student first) for ``plan.csv``."""
+    n = len(block_bytes)
+    masks = loading_masks(list(masks), n)
+    blocks = [-1, *blocks_of_masks(masks, n)]
+    mean = area(masks, accuracy, block_bytes) / sum(block_bytes)
+    rows, loaded = [], 0
+    for step, (mask, block) in enumerate(zip(masks, blocks)):
+        added = block_bytes[block] if block >= 0 else 0
+        loaded += added
+        rows.append(PlanRow(order, step, mask, block, added, loaded,
+                            float(accuracy.get(mask, float("nan"))), mean))
+    return rows
+
+
+def write_plan(rows: Sequence[PlanRow], path: str | Path) -> Path:
+    """Writes ``plan.csv``."""
+    path = Path(path)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(PLAN_COLUMNS)
+    writer.writerows(astuple(r) for r in rows)
+    path.write_text(buf.getvalue())
+    return path
+
+
+def read_plan(path: str | Path, order: str = PLAN_ORDER) -> list[str]:
+    """The masks of ``order`` (the plan by default) in a ``plan.csv``, all-student first.
+
+    Raises:
+        CheckpointError: the file is missing, not a plan CSV or lacks the order (names it).
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if list(reader.fieldnames or []) != list(PLAN_COLUMNS):
+                raise CheckpointError(f"{path} is not a plan CSV (columns "
+                                      f"{reader.fieldnames}); write it with pwl.plan")
+            steps = sorted((int(r["step"]), r["mask"]) for r in reader if r["order"] == order)
+    except OSError as e:
+        raise CheckpointError(f"cannot read the loading plan {path}: {e}; run pwl.plan "
+                              "first") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} has a malformed row ({e}); re-create it with "
+                              "pwl.plan") from None
+    if not steps:
+        raise CheckpointError(f"{path} has no rows of order {order!r}; re-create it with "
+                              "pwl.plan")
+    return [mask for _, mask in steps]
+
+
+def plot_plan(rows: Sequence[PlanRow], path: str | Path, title: str = "") -> Path:
+    """Accuracy vs MB loaded, one step line per order, the plan drawn thick.
+
+    Each order holds its accuracy while the next block arrives, so its line is a
+    staircase; the areas under the lines are the orders' scores.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, no display
+
+    path = Path(path)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for order in dict.fromkeys(r.order for r in rows):
+        steps = [r for r in rows if r.order == order]
+        mb = [r.bytes_loaded / 1e6 for r in steps]
+        acc = [r.accuracy for r in steps]
+        is_plan = order == PLAN_ORDER
+        ax.step(mb, acc, where="post", marker="o", markersize=3 if not is_plan else 5,
+                linewidth=2.5 if is_plan else 1, zorder=3 if is_plan else 2,
+                label=f"{order} (mean {steps[0].mean_accuracy:.4f}): "
+                      + " ".join(str(r.block) for r in steps[1:]))
+    ax.set_xlabel("teacher MB loaded")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "loading orders: accuracy while loading")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+    return path
