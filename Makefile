@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= fmnist_resnet_narrow
+SEEDS ?= 3
 BUNDLE ?= runs/reproduce/$(EXPERIMENT)/bundle
 BANDWIDTH ?=
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -11,7 +12,7 @@ FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test lint reproduce reproduce-all sweep-losses reproduce-cifar10 \
+.PHONY: help install data test stress lint reproduce reproduce-seeds reproduce-all sweep-losses reproduce-cifar10 \
         reproduce-cifar100 bench-train bench-load serve
 
 help: ## List the targets
@@ -43,11 +44,20 @@ data: ## Install Debian's dataset-fashion-mnist where apt and root are available
 test: install ## Run the test suite (CPU, a few minutes)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
+stress: install ## Long runs of the bundle fuzzer and of predicting while a bundle loads (minutes)
+	PWL_FUZZ_EXAMPLES=$${PWL_FUZZ_EXAMPLES:-5000} PWL_STRESS_PREDICTIONS=$${PWL_STRESS_PREDICTIONS:-100000} \
+	  OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_security.py tests/test_stress.py $(PYTEST_ARGS)
+
 lint: $(STAMP) ## Check the code with ruff
 	$(PY) -m ruff check pwl tests experiments
 
 reproduce: install ## Default experiment end to end on Fashion-MNIST (teacher, PWL, KD baseline, stages, bundle, report)
-	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT)
+	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl kd
+
+reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS seeds; mean, std and 95% intervals
+	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl paper kd \
+	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) --results experiments/results/$(EXPERIMENT)_seeds \
+	  --runs runs/reproduce/$(EXPERIMENT)_seeds
 
 reproduce-all: install ## reproduce for the three architecture families (ResNet, VGG, ViT) on Fashion-MNIST
 	for e in fmnist_resnet_narrow fmnist_vgg fmnist_vit; do \
@@ -55,16 +65,18 @@ reproduce-all: install ## reproduce for the three architecture families (ResNet,
 
 sweep-losses: install ## Multirun: alignment distances x cross-path modes on the default pair, then a report
 	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --only teacher
-	$(PY) -m pwl.train -m stage=distill experiment=$(EXPERIMENT) logger=csv \
+	$(PY) -m pwl.train -m phase=distill experiment=$(EXPERIMENT) logger=csv \
 	  teacher=runs/reproduce/$(EXPERIMENT)/teacher sweep=alignment_losses \
 	  loss.terms.cross_path.mode=random,all_prefix hydra.sweep.dir=multirun/sweep-losses
 	$(PY) -m pwl.report multirun/sweep-losses --out experiments/results/sweep-losses
 
 reproduce-cifar10: install ## CIFAR-10 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
-	$(PY) experiments/reproduce.py --experiment cifar10_resnet trainer=gpu
+	$(PY) experiments/reproduce.py --experiment cifar_resnet --runs runs/reproduce/cifar10_resnet \
+	  --results experiments/results/cifar10_resnet -- data=cifar10 trainer=gpu
 
 reproduce-cifar100: install ## CIFAR-100 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
-	$(PY) experiments/reproduce.py --experiment cifar100_resnet trainer=gpu
+	$(PY) experiments/reproduce.py --experiment cifar_resnet --runs runs/reproduce/cifar100_resnet \
+	  --results experiments/results/cifar100_resnet -- data=cifar100 trainer=gpu
 
 bench-train: install ## Distill-step images/s: cached mixed paths vs every path from the input
 	$(PY) experiments/bench_train.py --loss pwl_all

@@ -1,13 +1,21 @@
-"""End-to-end reproduction of one experiment, with the wall time of every step.
+"""End-to-end reproduction of one experiment over seeds, with the wall time of every step.
 
-    python experiments/reproduce.py [--experiment fmnist_resnet_narrow] [--runs DIR]
-                                    [--results DIR] [--force] [-- extra Hydra overrides]
+    python experiments/reproduce.py [--experiment fmnist_resnet_narrow] [--seeds 0 1 2]
+                                    [--losses pwl paper kd] [--runs DIR] [--results DIR]
+                                    [--force] [-- extra Hydra overrides]
 
-Steps: teacher -> distill (``--loss``, default pwl) -> distill baseline (loss=kd, same
-budget) -> stage evaluation of both on the test split -> bundle export -> report.
-A step whose outputs exist is skipped (use --force to redo), so an interrupted
-run continues where it stopped. The results directory receives the report,
-``reproduce.json`` (commands, wall times, checks) and ``README.md``.
+Steps: one teacher -> for every seed, a distillation per loss preset (``--losses``,
+default pwl and the kd baseline, same budget) -> stage evaluation of each on the
+validation split (for the checks) and on the test split (for the final table)
+-> bundle export (first loss, first seed) -> report (mean, std and 95% interval
+over seeds; paired differences against kd). A step whose outputs exist is
+skipped (use --force to redo), so an interrupted run continues where it stopped.
+
+Model selection uses the validation split only: checkpoints are chosen on it,
+and the quality checks (the experiment config's ``checks``) are read on it. The
+test split is read once per run, by the final evaluation. The results directory
+receives the report, ``reproduce.json`` (commands, wall times, checks) and
+``README.md``.
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from pwl.report import report
 from pwl.stages import read_stages
@@ -61,21 +72,51 @@ def accuracies(path: Path) -> dict[tuple[str, str], float]:
     return {(r.order, r.mask): r.accuracy for r in read_stages(path)}
 
 
-def checks(pwl: dict, kd: dict, n: int) -> list[dict]:
-    """The quality bars of the default experiment, measured on the test split."""
+def mean_accuracies(paths: Sequence[Path]) -> dict[tuple[str, str], float]:
+    """Accuracy by (order, mask), averaged over the evaluations of several seeds."""
+    tables = [accuracies(p) for p in paths]
+    return {key: sum(t[key] for t in tables) / len(tables) for key in tables[0]}
+
+
+def experiment_checks(experiment: str, overrides: Sequence[str]) -> dict[str, float]:
+    """The ``checks`` of the composed experiment config (empty when it sets none)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *overrides])
+    checks = cfg.get("checks")
+    return dict(OmegaConf.to_container(checks, resolve=True)) if checks else {}
+
+
+def checks(pwl: Mapping[tuple[str, str], float], kd: Mapping[tuple[str, str], float] | None,
+           n: int, bars: Mapping[str, float]) -> list[dict]:
+    """The quality bars of an experiment (``bars``, from its config) against measured curves.
+
+    Args:
+        pwl: accuracy by (order, mask) of the PWL distillation (mean over seeds).
+        kd: the same for the KD baseline, or None without one.
+        n: N, the number of blocks.
+        bars: ``teacher_min``, ``gap_min``, ``student_vs_kd_max``, ``prefix_drop_max``
+            (any subset), as fractions of 1.
+    """
     prefix = [pwl[("prefix", "T" * k + "S" * (n - k))] for k in range(n + 1)]
     drops = [prefix[k] - prefix[k + 1] for k in range(n)]
     teacher, student = prefix[-1], prefix[0]
-    kd_student = kd[("prefix", "S" * n)]
-    return [
-        {"check": "teacher >= 92%", "value": teacher, "ok": teacher >= 0.92},
-        {"check": "teacher - student >= 2 points", "value": teacher - student,
-         "ok": teacher - student >= 0.02},
-        {"check": "PWL student within 1 point of the KD baseline",
-         "value": student - kd_student, "ok": abs(student - kd_student) <= 0.01},
-        {"check": "prefix curve: no drop > 0.5 points from k to k+1", "value": max(drops),
-         "ok": max(drops) <= 0.005},
-    ]
+    out = []
+    if "teacher_min" in bars:
+        out.append({"check": f"teacher >= {100 * bars['teacher_min']:g}%", "value": teacher,
+                    "ok": teacher >= bars["teacher_min"]})
+    if "gap_min" in bars:
+        out.append({"check": f"teacher - student >= {100 * bars['gap_min']:g} points",
+                    "value": teacher - student, "ok": teacher - student >= bars["gap_min"]})
+    if "student_vs_kd_max" in bars and kd is not None:
+        diff = student - kd[("prefix", "S" * n)]
+        out.append({"check": f"PWL student within {100 * bars['student_vs_kd_max']:g} point "
+                             "of the KD baseline",
+                    "value": diff, "ok": abs(diff) <= bars["student_vs_kd_max"]})
+    if "prefix_drop_max" in bars:
+        out.append({"check": f"prefix curve: no drop > {100 * bars['prefix_drop_max']:g} "
+                             "points from k to k+1",
+                    "value": max(drops), "ok": max(drops) <= bars["prefix_drop_max"]})
+    return out
 
 
 def write_readme(results: Path, summary: dict) -> None:
@@ -90,7 +131,9 @@ def write_readme(results: Path, summary: dict) -> None:
         lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
     lines += [f"| **total** | **{summary['wall_seconds'] / 60:.1f}** | |", ""]
     if summary["checks"]:
-        lines += ["| check | value | result |", "|---|---|---|"]
+        lines += ["Checks on the validation split (mean over seeds); the bars are the "
+                  "experiment config's `checks`.", "",
+                  "| check | value | result |", "|---|---|---|"]
         lines += [f"| {c['check']} | {c['value']:.4f} | {'ok' if c['ok'] else 'FAIL'} |"
                   for c in summary["checks"]]
         lines.append("")
@@ -109,18 +152,24 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None,
                         help="tables and plots (default experiments/results/<experiment>)")
     parser.add_argument("--force", action="store_true", help="redo finished steps")
-    parser.add_argument("--loss", default="pwl",
-                        help="the PWL loss preset (pwl: one random mixed path per step; "
-                             "pwl_all: every prefix path per step; see "
-                             "experiments/results/fmnist_resnet_narrow_choices)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="distillation seeds (the teacher is trained once)")
+    parser.add_argument("--losses", nargs="+", default=["pwl", "kd"],
+                        help="loss presets to distil with (conf/loss); kd is the baseline")
     parser.add_argument("--only", choices=("teacher",), default=None,
                         help="stop after this step (e.g. to share a teacher with a sweep)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every stage")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    known = sorted(p.stem for p in (ROOT / "conf" / "loss").glob("*.yaml"))
+    unknown = [loss for loss in args.losses if loss not in known]
+    if unknown:
+        parser.error(f"--losses {unknown} are not loss presets {known}; put Hydra overrides "
+                     "after `--`")
 
     exp = args.experiment
     runs = (args.runs or ROOT / "runs" / "reproduce" / exp).resolve()
     results = (args.results or ROOT / "experiments" / "results" / exp).resolve()
+    bars = experiment_checks(exp, args.overrides)
     py = [sys.executable, "-m"]
     common = [f"experiment={exp}", "logger=csv", *args.overrides]
     log: list[dict] = []
@@ -128,40 +177,56 @@ def main() -> None:
     earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
                } if previous.is_file() and not args.force else {}
 
-    teacher, pwl_run = runs / "teacher", runs / f"distill_{args.loss}"
-    kd_run = runs / "distill_kd"
-    step("teacher", [*py, "pwl.train", "stage=teacher", *common, f"hydra.run.dir={teacher}"],
+    teacher = runs / "teacher"
+    step("teacher", [*py, "pwl.train", "phase=teacher", *common, f"hydra.run.dir={teacher}"],
          teacher / "teacher.safetensors", log, args.force, earlier)
     if args.only == "teacher":
         return
-    for run, loss in ((pwl_run, args.loss), (kd_run, "kd")):
-        step(f"distill {loss}", [*py, "pwl.train", "stage=distill", f"loss={loss}",
-                                 f"teacher={teacher}", *common, f"hydra.run.dir={run}"],
-             run / "hybrid.safetensors", log, args.force, earlier)
-    for run in (pwl_run, kd_run):
-        step(f"evaluate {run.name}", [*py, "pwl.evaluate", f"checkpoint={run}",
-                                      "orders=[prefix,suffix,window]",
-                                      f"hydra.run.dir={run / 'eval'}"],
-             run / "eval" / "stages.csv", log, args.force, earlier)
+    evals: dict[str, dict[str, list[Path]]] = {loss: {"val": [], "test": []}
+                                               for loss in args.losses}
+    for seed in args.seeds:
+        for loss in args.losses:
+            run = runs / f"distill_{loss}" / f"seed{seed}"
+            name = f"{loss} seed {seed}"
+            # test=false: the test split is read once, by the final evaluation below.
+            step(f"distill {name}", [*py, "pwl.train", "phase=distill", f"loss={loss}",
+                                     f"seed={seed}", f"teacher={teacher}", "test=false",
+                                     *common, f"hydra.run.dir={run}"],
+                 run / "hybrid.safetensors", log, args.force, earlier)
+            for split, orders in (("val", "[prefix]"), ("test", "[prefix,suffix,window]")):
+                out = run / f"eval_{split}"
+                step(f"evaluate {name} ({split})",
+                     [*py, "pwl.evaluate", f"checkpoint={run}", f"split={split}",
+                      f"orders={orders}", f"hydra.run.dir={out}"],
+                     out / "stages.csv", log, args.force, earlier)
+                evals[loss][split].append(out)
+    first = runs / f"distill_{args.losses[0]}" / f"seed{args.seeds[0]}"
     bundle = runs / "bundle"
-    step("export", [*py, "pwl.export", f"checkpoint={pwl_run}", f"out={bundle}",
+    step("export", [*py, "pwl.export", f"checkpoint={first}", f"out={bundle}",
                     f"hydra.run.dir={runs / 'export'}"],
          bundle / "manifest.json", log, args.force, earlier)
 
     start = time.perf_counter()
-    report([pwl_run / "eval", kd_run / "eval"], results, split="test")
-    pwl_stages = accuracies(pwl_run / "eval" / "stages.csv")
-    kd_stages = accuracies(kd_run / "eval" / "stages.csv")
-    n = len(next(iter(pwl_stages))[1])
-    # The quality bars are set for the Fashion-MNIST experiments.
-    results_checks = checks(pwl_stages, kd_stages, n) if exp.startswith("fmnist") else []
-    shown = portable([sys.executable, "-m", "pwl.report", str(pwl_run / "eval"),
-                      str(kd_run / "eval"), "--out", str(results)])
+    pairs = [(loss, "kd") for loss in args.losses if loss != "kd" and "kd" in args.losses]
+    if {"pwl", "paper"} <= set(args.losses):
+        pairs.append(("pwl", "paper"))
+    test_dirs = [d for loss in args.losses for d in evals[loss]["test"]]
+    report(test_dirs, results, split="test", pairs=pairs)
+    n = len(next(iter(accuracies(test_dirs[0] / "stages.csv")))[1])
+    subject = next(loss for loss in args.losses if loss != "kd") if set(args.losses) - {"kd"} \
+        else None
+    results_checks = (checks(mean_accuracies([d / "stages.csv" for d in evals[subject]["val"]]),
+                             mean_accuracies([d / "stages.csv" for d in evals["kd"]["val"]])
+                             if "kd" in evals else None, n, bars)
+                      if subject and bars else [])
+    shown = portable([*py, "pwl.report", *map(str, test_dirs), "--out", str(results),
+                      *[f"--paired={a},{b}" for a, b in pairs]])
     log.append({"step": "report", "command": shown,
                 "seconds": round(time.perf_counter() - start, 1), "skipped": False})
     total = sum(s["seconds"] or 0 for s in log)
     summary = {
-        "experiment": exp, "overrides": args.overrides, "runs": str(runs),
+        "experiment": exp, "seeds": args.seeds, "losses": args.losses,
+        "overrides": args.overrides, "runs": str(runs),
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},
         "steps": log, "wall_seconds": round(total, 1), "checks": results_checks,

@@ -39,11 +39,12 @@ from rich.table import Table
 from pwl.bench_worker import CKPT_PREFIX, VARIANTS
 from pwl.blocks import BlockNet
 from pwl.build import build_hybrid
-from pwl.cli import human_bytes, make_console, run_dir, user_errors_as_one_line
+from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.errors import ConfigError, PWLError
 from pwl.export import export_bundle, module_tensors
 from pwl.runtime import STUDENT_FILE, load_bundle_hybrid, read_manifest
 from pwl.runtime.storage import parse_bandwidth
+from pwl.schemas import check_app_config
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
            "first_answer_ratio", "peak_mb", "peak_ratio", "full_answer_s", "full_peak_mb",
@@ -212,6 +213,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: Path) -> None:
 
 
 def bench(cfg: DictConfig) -> list[dict[str, Any]]:
+    check_app_config(cfg, "bench")
     if not cfg.bundle and not cfg.random_pair:
         raise ConfigError("nothing to measure: pass bundle=<dir> or leave random_pair=true")
     bandwidths = OmegaConf.to_container(cfg.bandwidths) if OmegaConf.is_config(
@@ -245,7 +247,7 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 def main(cfg: DictConfig) -> None:
     user_errors_as_one_line(bench)(cfg)
 

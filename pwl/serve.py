@@ -29,11 +29,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from pwl.build import build_datamodule
-from pwl.cli import human_bytes, make_console, run_dir, user_errors_as_one_line
+from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.errors import ConfigError
-from pwl.runtime.manifest import read_manifest
+from pwl.runtime.manifest import MANIFEST, read_manifest
 from pwl.runtime.materialise import import_builders
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
+from pwl.schemas import check_app_config
 
 TIMELINE_COLUMNS = ("t", "stage", "mask", "batch_accuracy", "running_accuracy",
                     "answers_per_s", "answers")
@@ -172,15 +173,18 @@ def summary_table(rows: list[dict[str, Any]], events: list[LoadEvent],
 
 def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     """Streams the data split through the bundle while it loads; returns the timeline."""
+    check_app_config(cfg, "serve")
     bundle = Path(to_absolute_path(cfg.bundle))
     manifest = read_manifest(bundle)
-    data_cfg = cfg.get("data")
-    data_cfg = (OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None
-                else manifest.get("data"))
+    data_cfg, source = cfg.get("data"), None
+    if data_cfg is not None:
+        data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
+    else:
+        data_cfg, source = manifest.get("data"), bundle / MANIFEST
     if data_cfg is None:
         raise ConfigError("the bundle stores no data config; pass one with data=<name> "
                           "(e.g. data=fashion_mnist)")
-    dm = build_datamodule(data_cfg)
+    dm = build_datamodule(data_cfg, saved_from=source)
     if list(dm.input_shape) != list(manifest["model"]["input_shape"]):
         raise ConfigError(f"data gives images of shape {list(dm.input_shape)} but the bundle's "
                           f"model takes {manifest['model']['input_shape']}; pick the data "
@@ -221,7 +225,7 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
 def main(cfg: DictConfig) -> None:
     user_errors_as_one_line(serve)(cfg)
 

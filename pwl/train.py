@@ -1,13 +1,16 @@
-"""``python -m pwl.train stage=teacher|distill``: the two training stages.
+"""``python -m pwl.train phase=teacher|distill``: the two training phases.
 
-stage=teacher trains a teacher from scratch and writes ``teacher.safetensors``
-and ``model.yaml`` into the run directory. stage=distill trains the student and
-the adapters against a frozen teacher (``teacher=<teacher run dir or file>``)
-and writes ``hybrid.safetensors`` and ``model.yaml``.
+The phase (``conf/phase/``) names the LightningModule, its checkpoint monitor, its
+epochs and its callbacks. phase=teacher trains a teacher from scratch and writes
+``teacher.safetensors`` and ``model.yaml`` into the run directory. phase=distill
+trains the student and the adapters against a frozen teacher
+(``teacher=<teacher run dir or file>``) and writes ``hybrid.safetensors`` and
+``model.yaml``.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,16 +19,14 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from pwl.cli import finish_wandb, user_errors_as_one_line
-from pwl.config import to_dict
+from pwl.cli import CONF_DIR, finish_wandb, user_errors_as_one_line
+from pwl.config import instantiate_as, to_dict
 from pwl.errors import ConfigError
-from pwl.lit import DistillModule, TeacherModule
+from pwl.lit import TeacherModule
+from pwl.schemas import check_app_config
 from pwl.weights import HYBRID_FILE, TEACHER_FILE, save_model_cfg, save_weights
-
-STAGES = ("teacher", "distill")
-MONITOR = {"teacher": "val/acc", "distill": "stages/prefix_auc"}
 
 
 def _instantiate_all(node: DictConfig | None, **kwargs) -> list[Any]:
@@ -37,16 +38,20 @@ def _instantiate_all(node: DictConfig | None, **kwargs) -> list[Any]:
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
-    model_cfg = to_dict(cfg.model)
-    optim = to_dict(cfg.optim)
-    if cfg.stage == "teacher":
-        return TeacherModule(model_cfg, optim, label_smoothing=cfg.get("label_smoothing", 0.0))
-    if not cfg.get("teacher"):
-        raise ConfigError("stage=distill needs teacher=<teacher run directory or "
-                          "teacher.safetensors>; train one first with "
-                          "`python -m pwl.train stage=teacher`")
-    teacher = str(Path(hydra.utils.to_absolute_path(cfg.teacher)))
-    return DistillModule(model_cfg, to_dict(cfg.loss), optim, teacher=teacher)
+    """The phase's LightningModule (``phase.module``) on the model and optim configs.
+
+    Those two hold ``_target_`` entries the module builds itself, so they are passed
+    resolved rather than through Hydra's recursive instantiation.
+    """
+    make = instantiate_as(cfg.phase.module, "phase.module")
+    kwargs: dict[str, Any] = {}
+    if cfg.phase.name == "distill":
+        if not cfg.get("teacher"):
+            raise ConfigError("phase=distill needs teacher=<teacher run directory or "
+                              "teacher.safetensors>; train one first with "
+                              "`python -m pwl.train phase=teacher`")
+        kwargs["teacher"] = str(Path(hydra.utils.to_absolute_path(cfg.teacher)))
+    return make(to_dict(cfg.model), optim=to_dict(cfg.optim), **kwargs)
 
 
 def load_best(trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -64,19 +69,19 @@ def load_best(trainer: L.Trainer, module: L.LightningModule) -> None:
 
 
 def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, float]:
-    """Fits and tests one stage; returns the logged metrics.
+    """Fits and tests one training phase; returns the logged metrics.
 
     Args:
         cfg: the composed ``conf/train.yaml``.
         extra_callbacks: callbacks added to the configured ones (for programmatic use).
     """
-    if cfg.stage not in STAGES:
-        raise ConfigError(f"stage={cfg.stage!r}; use one of {list(STAGES)}")
+    check_app_config(cfg, "train")
+    if cfg.get("phase") is None:
+        raise ConfigError("phase is not set; pass phase=teacher or phase=distill (a config "
+                          "saved before phases existed: rerun its command line instead)")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a checkpoint of "
                           "an earlier run (its checkpoints/last.ckpt) to resume")
-    with open_dict(cfg):
-        cfg.monitor = cfg.get("monitor") or MONITOR[cfg.stage]
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -85,12 +90,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    if cfg.stage == "teacher":
-        # Stage curves need a student; a teacher run has none.
-        from pwl.callbacks import StageEval
-        callbacks = [c for c in callbacks if not isinstance(c, StageEval)]
-    callbacks += extra_callbacks or []
+    callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
                                                  logger=loggers or False)
@@ -110,7 +110,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     finally:
         finish_wandb()
     if trainer.is_global_zero:
-        if cfg.stage == "teacher":
+        if isinstance(module, TeacherModule):
             save_weights(module.net, run_dir / TEACHER_FILE, {"format": "pwl-teacher"})
         else:
             save_weights(module.hybrid, run_dir / HYBRID_FILE, {"format": "pwl-hybrid"})
@@ -126,9 +126,28 @@ def run(cfg: DictConfig) -> float | None:
     return metrics.get(monitor) if monitor else None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def phase_from_stage(args: list[str]) -> list[str]:
+    """Maps the old ``stage=teacher|distill`` onto ``phase=``, with a one-line notice.
+
+    Kept for one release so that recorded command lines still run; a *stage* now means
+    a loading stage only.
+    """
+    old = [a for a in args if a.startswith("stage=")]
+    if old:
+        print(f"warning: {old[0]} is deprecated and goes in the next release; use "
+              f"phase={old[0].removeprefix('stage=')}", file=sys.stderr)
+    return [f"phase={a.removeprefix('stage=')}" if a in old else a for a in args]
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
     return run(cfg)
+
+
+def main() -> float | None:
+    """Console-script entry point (``pwl-train``)."""
+    sys.argv[1:] = phase_from_stage(sys.argv[1:])
+    return _hydra_main()
 
 
 if __name__ == "__main__":

@@ -6,52 +6,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from pwl.build import build_hybrid
 from pwl.checkpoint import load_hybrid
 from pwl.errors import CheckpointError, MaskError
 from pwl.export import export_bundle
 from pwl.masks import loading_masks, masks_for_order
-from pwl.models.resnet import resnet
+from pwl.models import register
+from pwl.models.resnet import ResNetArgs, resnet
 from pwl.runtime import ProgressiveModel, load_bundle_hybrid, teacher_block_file, verify
-from tests.conftest import model_cfg
-
-STAGES = [{"mask": "SSSS", "accuracy": 0.5}, {"mask": "TSSS", "accuracy": 0.6},
-          {"mask": "TTTT", "accuracy": 0.9}]
-DATA_CFG = {"_target_": "pwl.data.SyntheticDataModule", "num_train": 64, "num_test": 128,
-            "batch_size": 32, "image_size": 16, "in_chans": 3, "num_classes": 10}
-
-
-def tiny_hybrid(cfg=None):
-    """A resnet_narrow hybrid whose adapters and BatchNorm statistics are not at their init."""
-    cfg = cfg or model_cfg("resnet_narrow")
-    hybrid = build_hybrid(cfg).eval()
-    with torch.no_grad():
-        for p in hybrid.adapters.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for name, buf in hybrid.named_buffers():
-            if name.endswith("running_mean"):
-                buf.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                buf.uniform_(0.5, 1.5)
-    return hybrid, cfg
-
-
-def export_tiny(path, cfg=None, **kwargs):
-    hybrid, cfg = tiny_hybrid(cfg)
-    kwargs.setdefault("stages", STAGES)
-    kwargs.setdefault("data_cfg", DATA_CFG)
-    return hybrid, export_bundle(hybrid, cfg, path, **kwargs)
-
-
-def flip_byte(path, offset=None):
-    data = bytearray(path.read_bytes())
-    offset = len(data) // 2 if offset is None else offset
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def truncate(path):
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+from tests.conftest import BUNDLE_DATA_CFG, export_tiny, flip_byte, model_cfg, tiny_hybrid, truncate
 
 
 def test_round_trip_gives_every_mask_of_the_original(tmp_path):
@@ -76,7 +38,7 @@ def test_manifest_and_files_follow_the_layout(tmp_path):
     assert manifest["num_blocks"] == 4
     assert manifest["loading_order"] == ["SSSS", "TSSS", "TTSS", "TTTS", "TTTT"]
     assert manifest["model"] == model_cfg("resnet_narrow")
-    assert manifest["data"] == DATA_CFG
+    assert manifest["data"] == BUNDLE_DATA_CFG
     assert manifest["stages"][1] == {"mask": "TSSS", "k": 1, "accuracy": 0.6}
     assert manifest["params"]["teacher"] == sum(p.numel() for p in hybrid.teacher.parameters())
     assert manifest["params"]["student"] == sum(p.numel() for p in hybrid.student.parameters())
@@ -84,7 +46,8 @@ def test_manifest_and_files_follow_the_layout(tmp_path):
                                       *(teacher_block_file(i) for i in range(4))}
     for rel, entry in manifest["files"].items():
         data = (bundle / rel).read_bytes()
-        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                         "dtype": "fp32"}
     teacher_keys = set(hybrid.teacher.state_dict())
     seen = set()
     for i in range(4):
@@ -210,6 +173,11 @@ def resnet_with_buffer(**kwargs):
 def meta_unsafe_resnet(**kwargs):
     torch.linspace(0, 1, 3).tolist()  # reads tensor values: impossible on the meta device
     return resnet(**kwargs)
+
+
+# A bundle may only name registered builders; these two take resnet's arguments.
+register(resnet_with_buffer, ResNetArgs)
+register(meta_unsafe_resnet, ResNetArgs)
 
 
 def _with_target(target):

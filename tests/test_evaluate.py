@@ -95,6 +95,9 @@ def test_errors_name_the_problem(run_dir, tmp_path):
         run_evaluate([f"checkpoint={run_dir}", "split=train", out])
     with pytest.raises(MaskError, match="neither a loading order"):
         run_evaluate([f"checkpoint={run_dir}", "orders=[prefx]", out])
+    (run_dir / ".hydra" / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match="has no saved data config; pass one with data=<name>"):
+        run_evaluate([f"checkpoint={run_dir}", out])
     assert not (tmp_path / "out").exists()
 
 

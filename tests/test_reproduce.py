@@ -22,10 +22,21 @@ def stages(prefix: list[float]) -> dict[tuple[str, str], float]:
     return {("prefix", "T" * k + "S" * (n - k)): acc for k, acc in enumerate(prefix)}
 
 
+BARS = {"teacher_min": 0.92, "gap_min": 0.02, "student_vs_kd_max": 0.01,
+        "prefix_drop_max": 0.005}
+
+
 def failed(pwl_prefix: list[float], kd_student: float) -> list[str]:
     kd = stages([kd_student] + [0.1] * (len(pwl_prefix) - 1))
-    results = reproduce.checks(stages(pwl_prefix), kd, len(pwl_prefix) - 1)
+    results = reproduce.checks(stages(pwl_prefix), kd, len(pwl_prefix) - 1, BARS)
     return [c["check"] for c in results if not c["ok"]]
+
+
+def test_the_bars_come_from_the_experiment_config():
+    assert reproduce.experiment_checks("fmnist_resnet_narrow", []) == BARS
+    assert reproduce.experiment_checks("fmnist_resnet_narrow", ["checks=null"]) == {}
+    only = reproduce.checks(stages([0.8, 0.9]), None, 1, {"gap_min": 0.2})
+    assert [(c["check"], c["ok"]) for c in only] == [("teacher - student >= 20 points", False)]
 
 
 def test_checks_pass_a_good_curve():
@@ -48,23 +59,30 @@ def test_portable_command_drops_the_interpreter_and_the_clone_path():
     assert reproduce.portable(cmd) == "python -m pwl.train teacher=runs/t 'a b'"
 
 
+@pytest.mark.slow
 def test_reproduce_runs_every_step_then_resumes(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, "experiments/reproduce.py", "--runs", str(runs), "--results",
-           str(results), *TINY, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+           str(results), "--seeds", "0", "1", "--losses", "pwl", "kd", "--", *TINY,
+           "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
            "trainer.limit_test_batches=1"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
 
     summary = json.loads((results / "reproduce.json").read_text())
     names = [s["step"] for s in summary["steps"]]
-    assert names == ["teacher", "distill pwl", "distill kd", "evaluate distill_pwl",
-                     "evaluate distill_kd", "export", "report"]
+    per_run = ["distill {}", "evaluate {} (val)", "evaluate {} (test)"]
+    assert names == ["teacher",
+                     *[s.format(f"{loss} seed {seed}") for seed in (0, 1) for loss in ("pwl", "kd")
+                       for s in per_run],
+                     "export", "report"]
     assert not any(s["skipped"] for s in summary["steps"])
     assert [c["check"] for c in summary["checks"]][0] == "teacher >= 92%"
     assert (runs / "bundle" / "manifest.json").is_file()
     readme = (results / "README.md").read_text()
-    assert "`python -m pwl.train stage=teacher experiment=fmnist_resnet_narrow" in readme
+    assert "`python -m pwl.train phase=teacher experiment=fmnist_resnet_narrow" in readme
+    assert "--paired=pwl,kd" in readme
+    assert "Paired difference: resnet_narrow/pwl - resnet_narrow/kd" in readme
     assert sys.executable not in readme
     assert "| student |" in readme and "| teacher |" in readme
     for line in first.stdout.splitlines()[-len(summary["checks"]):]:

@@ -8,7 +8,7 @@ from pwl.errors import CheckpointError, ConfigError, MaskError
 from pwl.masks import adapters_used, loading_masks, masks_for_order
 from pwl.runtime import ProgressiveModel, parse_bandwidth
 from pwl.runtime.storage import LoadingStopped, Pacer
-from tests.test_bundle import export_tiny, flip_byte, truncate
+from tests.conftest import export_tiny, flip_byte, truncate
 
 PREFIX = masks_for_order("prefix", 4)
 

@@ -11,8 +11,7 @@ from pwl.export import read_stage_rows
 from pwl.masks import masks_for_order
 from pwl.runtime import load_bundle_hybrid, read_manifest
 from pwl.weights import save_model_cfg, save_weights
-from tests.conftest import CONF_DIR, model_cfg, run_module
-from tests.test_bundle import export_tiny, tiny_hybrid
+from tests.conftest import CONF_DIR, export_tiny, model_cfg, run_module, tiny_hybrid
 
 STAGE_HEADER = "epoch,order,k,mask,accuracy,teacher_params,bytes_loaded,ms_per_batch\n"
 

@@ -3,6 +3,8 @@
 import csv
 from pathlib import Path
 
+import pytest
+
 from pwl import report
 from pwl.train import train
 from tests.conftest import TINY, run_module, tiny_train_cfg
@@ -10,12 +12,13 @@ from tests.conftest import TINY, run_module, tiny_train_cfg
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_and_report(tmp_path):
     teacher = tmp_path / "teacher"
-    train(tiny_train_cfg(teacher, "stage=teacher", "test=false"))
+    train(tiny_train_cfg(teacher, "phase=teacher", "test=false"))
     sweep_dir = tmp_path / "sweep"
     result = run_module(
-        "pwl.train", "-m", "stage=distill", f"teacher={teacher}", *TINY,
+        "pwl.train", "-m", "phase=distill", f"teacher={teacher}", *TINY,
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "callbacks.stage_eval.orders=[prefix,suffix]",
         "loss.terms.feature_sync.distance=mse,cosine",

@@ -1,25 +1,27 @@
-"""Training stages through the real Hydra config (shrunk to seconds on CPU)."""
+"""Training phases through the real Hydra config (shrunk to seconds on CPU)."""
 
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from pwl.checkpoint import load_hybrid
-from pwl.train import train
+from pwl.train import phase_from_stage, train
 from pwl.weights import HYBRID_FILE, TEACHER_FILE, read_model_cfg
-from tests.conftest import TINY, run_module, tiny_train_cfg
+from tests.conftest import CONF_DIR, TINY, run_module, tiny_train_cfg
 
 
 def _train_teacher(tmp_path: Path, *overrides: str) -> Path:
     run_dir = tmp_path / "teacher"
-    train(tiny_train_cfg(run_dir, "stage=teacher", *overrides))
+    train(tiny_train_cfg(run_dir, "phase=teacher", *overrides))
     return run_dir
 
 
 def test_teacher_on_synthetic_data_passes_90_percent(tmp_path):
-    metrics = train(tiny_train_cfg(tmp_path, "stage=teacher", "epochs.teacher=3",
+    metrics = train(tiny_train_cfg(tmp_path, "phase=teacher", "epochs.teacher=3",
                                    "data.num_train=1024", "optim.optimizer.lr=0.05"))
     assert metrics["test/acc"] > 0.9
     assert (tmp_path / TEACHER_FILE).is_file()
@@ -39,7 +41,7 @@ class _Snapshot(L.Callback):
 
 def test_distill_freezes_teacher_and_trains_student_and_adapters(tmp_path):
     teacher_dir = _train_teacher(tmp_path)
-    cfg = tiny_train_cfg(tmp_path / "distill", "stage=distill", f"teacher={teacher_dir}",
+    cfg = tiny_train_cfg(tmp_path / "distill", "phase=distill", f"teacher={teacher_dir}",
                          "loss=pwl", "trainer.limit_train_batches=4", "logger=csv",
                          "trainer.log_every_n_steps=1")
     snap = _Snapshot()
@@ -68,7 +70,7 @@ def test_distill_freezes_teacher_and_trains_student_and_adapters(tmp_path):
 
 def test_resume_continues_at_the_saved_step(tmp_path):
     first = tmp_path / "first"
-    train(tiny_train_cfg(first, "stage=teacher", "trainer.limit_train_batches=3", "test=false"))
+    train(tiny_train_cfg(first, "phase=teacher", "trainer.limit_train_batches=3", "test=false"))
     last = first / "checkpoints" / "last.ckpt"
     saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert saved_step == 3
@@ -79,30 +81,58 @@ def test_resume_continues_at_the_saved_step(tmp_path):
         def on_train_start(self, trainer, pl_module):
             seen["step"] = trainer.global_step
 
-    train(tiny_train_cfg(tmp_path / "second", "stage=teacher", f"ckpt_path={last}",
+    train(tiny_train_cfg(tmp_path / "second", "phase=teacher", f"ckpt_path={last}",
                          "epochs.teacher=2", "trainer.limit_train_batches=3", "test=false"),
           extra_callbacks=[_StepAtStart()])
     assert seen["step"] == saved_step
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    nope = run_module("pwl.train", "stage=distill", "loss=nope", f"run_dir={tmp_path}",
+    nope = run_module("pwl.train", "phase=distill", "loss=nope", f"run_dir={tmp_path}",
                       cwd=tmp_path)
     assert nope.returncode != 0
     assert "Traceback" not in nope.stderr
     assert "loss/nope" in nope.stderr and "pwl" in nope.stderr  # lists the known presets
 
+    # The old spelling stage= still runs, with one line saying to use phase=.
     no_teacher = run_module("pwl.train", "stage=distill", "data=synthetic", "logger=none",
                             f"run_dir={tmp_path}", cwd=tmp_path)
     assert no_teacher.returncode == 2
     assert "Traceback" not in no_teacher.stderr
     lines = [ln for ln in no_teacher.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "teacher=" in lines[0]
+    assert len(lines) == 1 and "phase=distill needs teacher=" in lines[0]
+    warned = [ln for ln in no_teacher.stderr.splitlines() if "deprecated" in ln]
+    assert warned == ["warning: stage=distill is deprecated and goes in the next release; "
+                      "use phase=distill"]
+
+
+def test_stage_maps_onto_phase_and_nothing_else_changes(capsys):
+    assert phase_from_stage(["-m", "stage=teacher,distill", "seed=1"]) == [
+        "-m", "phase=teacher,distill", "seed=1"]
+    assert capsys.readouterr().err.count("\n") == 1
+    assert phase_from_stage(["phase=teacher", "callbacks.stage_eval.split=val"]) == [
+        "phase=teacher", "callbacks.stage_eval.split=val"]
+    assert capsys.readouterr().err == ""
+
+
+def test_the_phase_picks_module_monitor_epochs_callbacks_and_run_dir():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        teacher = compose("train", ["phase=teacher", "epochs.teacher=3"],
+                          return_hydra_config=True)
+        distill = compose("train", ["epochs.distill=4"], return_hydra_config=True)
+    assert teacher.phase.module._target_ == "pwl.lit.TeacherModule"
+    assert (teacher.monitor, teacher.trainer.max_epochs) == ("val/acc", 3)
+    assert teacher.callbacks.stage_eval is None and teacher.callbacks.model_checkpoint
+    assert teacher.hydra.run.dir.startswith("runs/teacher/resnet/")
+    assert distill.phase.module._target_ == "pwl.lit.DistillModule"
+    assert (distill.monitor, distill.trainer.max_epochs) == ("stages/prefix_auc", 4)
+    assert distill.callbacks.stage_eval._target_ == "pwl.callbacks.StageEval"
+    assert distill.hydra.run.dir.startswith("runs/distill/resnet/")
 
 
 def test_mismatched_teacher_names_file_and_architecture(tmp_path):
     teacher_dir = _train_teacher(tmp_path, "test=false")
-    result = run_module("pwl.train", "stage=distill", f"teacher={teacher_dir}",
+    result = run_module("pwl.train", "phase=distill", f"teacher={teacher_dir}",
                         "data=synthetic", "model=resnet", "logger=none",
                         f"run_dir={tmp_path / 'd'}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -110,13 +140,14 @@ def test_mismatched_teacher_names_file_and_architecture(tmp_path):
     assert "pwl.models.resnet" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_repeats_from_its_saved_config(tmp_path):
     """Same seed, same stages.csv; and the run's .hydra/config.yaml alone is enough to redo it."""
     import csv
 
     teacher_dir = _train_teacher(tmp_path, "test=false")
     first, again = tmp_path / "a", tmp_path / "b"
-    runs = [run_module("pwl.train", "stage=distill", f"teacher={teacher_dir}", *TINY, "seed=7",
+    runs = [run_module("pwl.train", "phase=distill", f"teacher={teacher_dir}", *TINY, "seed=7",
                        "trainer.limit_train_batches=3", "test=false", "data.crop_padding=1",
                        "data.hflip=0.5", f"hydra.run.dir={first}", cwd=tmp_path)]
     runs.append(run_module("pwl.train", "--config-path", str(first / ".hydra"),
@@ -141,7 +172,7 @@ def test_wandb_logger_defaults_to_offline_and_keeps_the_stages_table(tmp_path, m
     monkeypatch.setenv("WANDB_SILENT", "true")
     teacher_dir = _train_teacher(tmp_path, "test=false")
     run = tmp_path / "distill"
-    train(tiny_train_cfg(run, "stage=distill", f"teacher={teacher_dir}", "logger=wandb",
+    train(tiny_train_cfg(run, "phase=distill", f"teacher={teacher_dir}", "logger=wandb",
                          "epochs.distill=2", "trainer.limit_train_batches=2"))
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
@@ -154,8 +185,6 @@ def test_wandb_logger_defaults_to_offline_and_keeps_the_stages_table(tmp_path, m
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
-    import pytest
-
     from pwl.config import to_dict
     from pwl.lit import DistillModule
 
@@ -172,7 +201,7 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path):
 def test_saved_weights_are_the_best_on_validation_without_a_test(tmp_path):
     teacher = _train_teacher(tmp_path / "teacher")
     run = tmp_path / "distill"
-    train(tiny_train_cfg(run, "stage=distill", f"teacher={teacher}", "test=false",
+    train(tiny_train_cfg(run, "phase=distill", f"teacher={teacher}", "test=false",
                          "epochs.distill=3", "trainer.limit_train_batches=2",
                          "trainer.limit_val_batches=1"))
     (best,) = (run / "checkpoints").glob("epoch*.ckpt")  # save_top_k=1: the best epoch
