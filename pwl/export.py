@@ -31,6 +31,7 @@ from rich.table import Table
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from pwl.atomic import atomic_write_bytes
 from pwl.blocks import BlockNet
 from pwl.build import build_datamodule, check_saved_model_cfg
 from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
@@ -53,7 +54,6 @@ from pwl.runtime.storage import FileEntry
 from pwl.schemas import check_app_config
 from pwl.stages import accuracy_by_mask, evaluate_stages, last_epoch, read_stages
 from pwl.stages.plans import read_plan
-from pwl.weights import atomic_write_bytes
 
 STAGE_FILES = ("stages_test.csv", "stages.csv")
 

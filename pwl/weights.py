@@ -8,7 +8,6 @@ and adapters) and ``model.yaml``. Training reads a teacher back with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from pwl.atomic import atomic_write_bytes
 from pwl.blocks import BlockNet
 from pwl.build import build_net
 from pwl.config import to_dict
@@ -27,23 +27,6 @@ from pwl.errors import CheckpointError
 MODEL_YAML = "model.yaml"
 TEACHER_FILE = "teacher.safetensors"
 HYBRID_FILE = "hybrid.safetensors"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Writes ``data`` under a temporary name in the same folder, then renames it.
-
-    A kill leaves either the old file or the new one, never a truncated file that
-    looks complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_weights(module: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, astuple, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pwl.atomic import atomic_write_text, write_dataclass_csv
 from pwl.errors import CheckpointError
 from pwl.masks import order_key
 
@@ -65,15 +65,7 @@ class MaskBytes:
 
 def write_masks(rows: Iterable[MaskBytes], path: str | Path) -> Path:
     """Writes ``masks.csv`` (atomically): one row per mask, its accuracy and bytes."""
-    import io
-
-    path = Path(path)
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf)
-    writer.writerow([f.name for f in fields(MaskBytes)])
-    writer.writerows(["" if v is None else v for v in astuple(r)] for r in rows)
-    _atomic_write_text(path, buf.getvalue())
-    return path
+    return write_dataclass_csv(rows, MaskBytes, path)
 
 
 
@@ -93,24 +85,9 @@ def accuracy_by_mask(rows: Iterable[StageRow]) -> dict[str, float]:
     return dict(sorted(by_mask.items(), key=lambda kv: order_key(kv[0])))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` under a temporary name, then renames it: never a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_csv(rows: Iterable[StageRow], path: str | Path) -> Path:
     """Writes ``rows`` as a stages CSV (atomically)."""
-    import io
-
-    path = Path(path)
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf)
-    writer.writerow(COLUMNS)
-    writer.writerows(astuple(r) for r in rows)
-    _atomic_write_text(path, buf.getvalue())
-    return path
+    return write_dataclass_csv(rows, StageRow, path)
 
 
 def read_stages(path: str | Path) -> list[StageRow]:
@@ -144,7 +121,7 @@ def write_json(results: Sequence[StageResult], path: str | Path,
     doc = {"columns": list(COLUMNS), **dict(meta or {}),
            "rows": [asdict(r) for res in results for r in res.rows],
            "evaluations": [res.meta() for res in results]}
-    _atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path
 
 

@@ -21,13 +21,13 @@ is compared with, one row per (order, step)::
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Mapping, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from pwl.atomic import write_dataclass_csv
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import blocks_of_masks, loading_masks, validate_mask
 
@@ -156,14 +156,8 @@ def plan_rows(order: str, masks: Sequence[str], accuracy: Mapping[str, float],
 
 
 def write_plan(rows: Sequence[PlanRow], path: str | Path) -> Path:
-    """Writes ``plan.csv``."""
-    path = Path(path)
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf)
-    writer.writerow(PLAN_COLUMNS)
-    writer.writerows(astuple(r) for r in rows)
-    path.write_text(buf.getvalue())
-    return path
+    """Writes ``plan.csv`` (atomically)."""
+    return write_dataclass_csv(rows, PlanRow, path, PLAN_COLUMNS)
 
 
 def read_plan(path: str | Path, order: str = PLAN_ORDER) -> list[str]:
