@@ -10,6 +10,7 @@ from pwl.build import build_hybrid
 from pwl.callbacks import StageEval, stage_eval
 from pwl.data import SyntheticDataModule
 from pwl.errors import ConfigError, MaskError
+from pwl.lit import TeacherModule
 from pwl.stages import COLUMNS, read_stages
 from pwl.train import train
 from tests.conftest import model_cfg, tiny_train_cfg
@@ -131,6 +132,11 @@ def test_bad_arguments_fail_before_training(tmp_path):
     with pytest.raises(MaskError, match="length 3"):
         trainer(tmp_path, [StageEval(orders=["TTS"])], False).fit(module, datamodule=datamodule())
     assert module.global_step == 0
+    teacher_only = TeacherModule(model_cfg("resnet_narrow"), {"optimizer": {
+        "_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}})
+    with pytest.raises(ConfigError, match="leave callbacks.stage_eval out"):
+        trainer(tmp_path, [StageEval()], False).fit(teacher_only, datamodule=datamodule())
+    assert teacher_only.global_step == 0
 
 
 def test_wandb_offline_run_keeps_the_stages_table(tmp_path, monkeypatch):

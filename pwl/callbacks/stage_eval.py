@@ -69,9 +69,12 @@ class StageEval(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         hybrid = getattr(pl_module, "hybrid", None)
-        if hybrid is not None:
-            # A typo in the orders fails here, not after the first training epoch.
-            resolve_masks(self.orders, hybrid.num_blocks)
+        if hybrid is None:
+            raise ConfigError(f"StageEval needs a module with a .hybrid (HybridNet), got "
+                              f"{type(pl_module).__name__}; leave callbacks.stage_eval out of "
+                              "this phase (phase=teacher drops it)")
+        # A typo in the orders fails here, not after the first training epoch.
+        resolve_masks(self.orders, hybrid.num_blocks)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -129,11 +132,7 @@ class StageEval(L.Callback):
         (DistributedSampler) and counts are summed over processes. As in Lightning's own
         validation, a shard may repeat a few images so that all shards have one size.
         """
-        hybrid = getattr(pl_module, "hybrid", None)
-        if hybrid is None:
-            raise ConfigError(f"StageEval needs a module with a .hybrid (HybridNet), got "
-                              f"{type(pl_module).__name__}; remove callbacks.stage_eval for "
-                              "the teacher stage")
+        hybrid = pl_module.hybrid
         preprocess = _datamodule(trainer).preprocess
         if isinstance(loader, (list, tuple)):
             loader, limit = loader[0], (limit[0] if limit else None)
