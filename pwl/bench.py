@@ -40,10 +40,10 @@ from pwl.bench_worker import CKPT_PREFIX, VARIANTS
 from pwl.blocks import BlockNet
 from pwl.build import build_hybrid
 from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
+from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
 from pwl.export import export_bundle, module_tensors
 from pwl.runtime import STUDENT_FILE, load_bundle_hybrid, read_manifest
-from pwl.runtime.storage import parse_bandwidth
 from pwl.schemas import check_app_config
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from pwl.blocks import BlockNet
+from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
 from pwl.runtime.materialise import assign_tensors, build_on_meta, import_builders
 from pwl.runtime.progressive import ProgressiveModel
-from pwl.runtime.storage import Pacer, parse_bandwidth, read_file
+from pwl.runtime.storage import Pacer, read_file
 
 VARIANTS = ("teacher_safetensors", "teacher_ckpt", "bundle")
 CKPT_PREFIX = "net."

@@ -3,6 +3,7 @@ and the base of the config schemas (pydantic) with one-line errors naming the ke
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -114,3 +115,32 @@ def check(schema: type[S], data: Any, key: str, fix: str = "") -> S:
         found = problems_of(e, key)
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise ConfigError(f"{found[0]}{more}" + (f"; {fix}" if fix else "")) from None
+
+
+# Bytes per second of each unit a bandwidth may be written in.
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "kbit": 125, "mbit": 125e3, "gbit": 125e6}
+
+
+def parse_bandwidth(value: float | int | str | None, key: str = "bandwidth") -> float | None:
+    """Bytes per second from a number or a string such as ``"50MB"``, ``"400Mbit"``, ``"8MiB"``.
+
+    ``None``, ``0`` and ``"none"`` mean no limit.
+    """
+    if value is None or value == 0 or (isinstance(value, str) and value.lower() in ("none", "")):
+        return None
+    if isinstance(value, (int, float)):
+        rate = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*?)(?:/s)?\s*", value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ConfigError(f"{key}={value!r} is not a rate; give bytes per second as a number "
+                              "or with a unit: 50MB, 400Mbit, 8MiB")
+        try:
+            rate = float(m.group(1)) * _UNITS[unit]
+        except ValueError:
+            raise ConfigError(f"{key}={value!r}: {m.group(1)!r} is not a number") from None
+    if rate <= 0:
+        raise ConfigError(f"{key}={value!r} must be positive (or null for no limit)")
+    return rate

@@ -26,13 +26,13 @@ from rich.table import Table
 
 from pwl.checkpoint import load_hybrid, run_dir_of
 from pwl.cli import CONF_DIR, human_bytes, user_errors_as_one_line
+from pwl.config import parse_bandwidth
 from pwl.errors import CheckpointError, ConfigError
 from pwl.evaluate import bundle_block_bytes, evaluate
 from pwl.hybrid import HybridNet
 from pwl.masks import masks_for_order
 from pwl.precision import check_dtype
 from pwl.runtime.manifest import MANIFEST, STUDENT_FILE, read_manifest
-from pwl.runtime.storage import parse_bandwidth
 from pwl.stages import accuracy_by_mask, last_epoch, read_stages, teacher_block_bytes
 from pwl.stages.plans import PLAN_ORDER, PlanRow, best_order, plan_rows, plot_plan, write_plan
 

@@ -16,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field, ValidationError, field_validator
 
-from pwl.config import OpenSchema, problems_of
+from pwl.config import OpenSchema, parse_bandwidth, problems_of
 from pwl.data.registry import data_entry_of
 from pwl.errors import ConfigError
-from pwl.runtime.storage import parse_bandwidth
 
 FIX = "fix it on the command line or in the config"
 

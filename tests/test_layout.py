@@ -2,6 +2,8 @@
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,15 @@ def test_training_layers_never_import_the_runtime():
                                                  if m.startswith("pwl.runtime"))
                  for p in lower}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_importing_training_loads_no_runtime_module():
+    # Transitive imports too: a helper of training that reaches into runtime/ shows here.
+    code = ("import sys, pwl.train, pwl.lit, pwl.losses, pwl.data, pwl.callbacks, pwl.stages; "
+            "print(sorted(m for m in sys.modules if m.startswith('pwl.runtime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "[]"
 
 
 def test_the_runtime_imports_nothing_of_training():

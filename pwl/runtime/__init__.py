@@ -7,6 +7,7 @@ answers from the student at once and streams the teacher blocks in, and
 Bundles are written by ``pwl.export``.
 """
 
+from pwl.config import parse_bandwidth
 from pwl.runtime.manifest import (
     MANIFEST,
     STUDENT_FILE,
@@ -17,7 +18,6 @@ from pwl.runtime.manifest import (
 )
 from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
-from pwl.runtime.storage import parse_bandwidth
 
 __all__ = ["MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent", "ProgressiveModel",
            "load_bundle_hybrid", "parse_bandwidth", "read_manifest", "teacher_block_file",

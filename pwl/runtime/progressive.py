@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from pwl.config import parse_bandwidth
 from pwl.errors import CheckpointError, PWLError
 from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, blocks_of_masks, loading_masks, parts_needed, teacher_blocks
@@ -44,7 +45,7 @@ from pwl.runtime.materialise import (
     check_num_blocks,
     expected_tensors,
 )
-from pwl.runtime.storage import LoadingStopped, Pacer, parse_bandwidth, read_tensors
+from pwl.runtime.storage import LoadingStopped, Pacer, read_tensors
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import stat
 import threading
 import time
@@ -26,10 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 
-from pwl.errors import CheckpointError, ConfigError
+from pwl.errors import CheckpointError
 
-_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30, "kbit": 125, "mbit": 125e3, "gbit": 125e6}
 _MIN_CHUNK = 4 << 10
 _MAX_CHUNK = 4 << 20
 # A header lists names, shapes and offsets: kilobytes for any real shard. A larger
@@ -46,30 +43,6 @@ TORCH_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.i
 
 class LoadingStopped(Exception):
     """Raised inside a read when its stop event is set (``ProgressiveModel.close``)."""
-
-
-def parse_bandwidth(value: float | int | str | None, key: str = "bandwidth") -> float | None:
-    """Bytes per second from a number or a string such as ``"50MB"``, ``"400Mbit"``, ``"8MiB"``.
-
-    ``None``, ``0`` and ``"none"`` mean no limit.
-    """
-    if value is None or value == 0 or (isinstance(value, str) and value.lower() in ("none", "")):
-        return None
-    if isinstance(value, (int, float)):
-        rate = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*?)(?:/s)?\s*", value)
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            raise ConfigError(f"{key}={value!r} is not a rate; give bytes per second as a number "
-                              "or with a unit: 50MB, 400Mbit, 8MiB")
-        try:
-            rate = float(m.group(1)) * _UNITS[unit]
-        except ValueError:
-            raise ConfigError(f"{key}={value!r}: {m.group(1)!r} is not a number") from None
-    if rate <= 0:
-        raise ConfigError(f"{key}={value!r} must be positive (or null for no limit)")
-    return rate
 
 
 class Pacer:
