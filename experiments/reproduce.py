@@ -156,8 +156,10 @@ def main() -> None:
                         help="distillation seeds (the teacher is trained once)")
     parser.add_argument("--losses", nargs="+", default=["pwl", "kd"],
                         help="loss presets to distil with (conf/loss); kd is the baseline")
-    parser.add_argument("--only", choices=("teacher",), default=None,
-                        help="stop after this step (e.g. to share a teacher with a sweep)")
+    parser.add_argument("--only", choices=("teacher", "distill"), default=None,
+                        help="stop after this step: teacher (e.g. to share a teacher with a "
+                             "sweep) or distill (distillations and their evaluations, e.g. to "
+                             "run some seeds in a second process)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     known = sorted(p.stem for p in (ROOT / "conf" / "loss").glob("*.yaml"))
@@ -200,6 +202,8 @@ def main() -> None:
                       f"orders={orders}", f"hydra.run.dir={out}"],
                      out / "stages.csv", log, args.force, earlier)
                 evals[loss][split].append(out)
+    if args.only == "distill":
+        return
     first = runs / f"distill_{args.losses[0]}" / f"seed{args.seeds[0]}"
     bundle = runs / "bundle"
     step("export", [*py, "pwl.export", f"checkpoint={first}", f"out={bundle}",
