@@ -52,6 +52,7 @@ class Optimizer(OpenSchema):
 class Scheduler(OpenSchema):
     warmup_epochs: NonNegative = 0.0
     min_lr_ratio: Fraction = 0.0
+    min_lr: NonNegative | None = None
 
 
 class Optim(OpenSchema):

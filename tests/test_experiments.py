@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import hydra
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
+from pwl.config import to_dict
 from pwl.train import train
 from tests.conftest import CONF_DIR, compose_cfg
 
@@ -15,13 +18,21 @@ FAST = ["debug=fast", "data=synthetic", "data.num_train=256", "data.num_test=64"
         "trainer.limit_test_batches=1"]
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_both_phases(experiment, tmp_path):
+# The paper's CIFAR pairs run at their full size on synthetic data of CIFAR's shape
+# (3x32x32, 10 and 100 classes), with their own augmentation and optimiser.
+CIFAR_SHAPE = ["data.image_size=32", "data.in_chans=3"]
+RUNS = [(e, 10) for e in EXPERIMENTS] + [(e, 100) for e in EXPERIMENTS if e.startswith("cifar_")]
+
+
+@pytest.mark.parametrize("experiment,classes", RUNS)
+def test_experiment_runs_both_phases(experiment, classes, tmp_path):
+    fast = [*FAST, f"data.num_classes={classes}",
+            *(CIFAR_SHAPE if experiment.startswith("cifar_") else [])]
     teacher = tmp_path / "teacher"
-    train(compose_cfg("train", [f"experiment={experiment}", "phase=teacher", *FAST,
+    train(compose_cfg("train", [f"experiment={experiment}", "phase=teacher", *fast,
                                 f"run_dir={teacher}"]))
     metrics = train(compose_cfg("train", [f"experiment={experiment}", "phase=distill",
-                                          f"teacher={teacher}", *FAST,
+                                          f"teacher={teacher}", *fast,
                                           f"run_dir={tmp_path / 'distill'}"]))
     assert "stages/prefix_auc" in metrics
     assert (tmp_path / "distill" / "stages.csv").is_file()
@@ -39,6 +50,43 @@ def test_one_cifar_experiment_per_architecture_takes_either_dataset(data, classe
         cfg = compose_cfg("train", [f"experiment=cifar_{arch}", *([f"data={data}"] if data else [])])
         assert cfg.data.num_classes == classes
         assert cfg.model.teacher.num_classes == classes and cfg.model.name == arch
+
+
+# Per family: (blocks, teacher output channels per block, student's, teacher layers per block,
+# student's), written from the paper's pairs.
+PAPER_PAIRS = {
+    "cifar_resnet": (4, [32, 64, 128, 256], [32, 64, 128, 256], [3, 4, 6, 3], [1, 1, 1, 1]),
+    "cifar_vgg": (5, [64, 128, 256, 512, 512], [64, 128, 256, 512, 512], [2, 2, 3, 3, 3],
+                  [1, 1, 1, 1, 1]),
+    "cifar_vit": (6, [192] * 6, [192] * 6, [2] * 6, [1] * 6),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PAPER_PAIRS))
+def test_cifar_experiments_are_the_papers_pairs_with_the_reference_recipe(experiment):
+    blocks, t_widths, s_widths, t_layers, s_layers = PAPER_PAIRS[experiment]
+    cfg = compose_cfg("train", [f"experiment={experiment}", "data=synthetic", *CIFAR_SHAPE])
+    teacher = hydra.utils.instantiate(to_dict(cfg.model.teacher))
+    student = hydra.utils.instantiate(to_dict(cfg.model.student))
+    x = torch.zeros(2, 3, 32, 32)
+    for net, widths, layers in ((teacher, t_widths, t_layers), (student, s_widths, s_layers)):
+        assert net.num_blocks == blocks
+        assert [f.shape[1] if f.dim() == 4 else f.shape[-1]
+                for f in net.forward_features(x)[:-1]] == widths[:-1]
+        assert [_layers(b) for b in net.blocks] == layers
+    assert (cfg.data.rotate_degrees, cfg.data.crop_padding_mode) == (15, "reflect")
+    assert (cfg.data.crop_padding, cfg.data.hflip) == (4, 0.5)
+    for phase, lr in (("teacher", 0.1), ("distill", 0.05)):
+        optim = to_dict(compose_cfg("train", [f"experiment={experiment}",
+                                              f"phase={phase}"]).optim)
+        assert optim["optimizer"]["lr"] == lr and optim["adapter_lr_mult"] == 0.2
+        assert (optim["optimizer"]["momentum"], optim["optimizer"]["nesterov"]) == (0.9, False)
+
+
+def _layers(block: torch.nn.Module) -> int:
+    """Residual blocks, convs or transformer layers in one swap unit."""
+    kinds = ("BasicBlock", "Bottleneck", "ConvNormAct", "Block")
+    return sum(type(m).__name__ in kinds for m in block.modules())
 
 
 @pytest.mark.parametrize("sweep,key", [("architectures", "model"),

@@ -210,3 +210,20 @@ def test_saved_weights_are_the_best_on_validation_without_a_test(tmp_path):
     expected = {k.removeprefix("hybrid."): v for k, v in best_state.items()}
     assert saved.keys() == expected.keys()
     assert all(torch.equal(saved[k], expected[k]) for k in saved)
+
+
+def test_scheduler_min_lr_is_the_floor_of_every_group():
+    from pwl.lit.optim import build_optimizer, build_scheduler
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    v = torch.nn.Parameter(torch.zeros(1))
+    optim = {"optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05},
+             "scheduler": {"warmup_epochs": 0, "min_lr": 1e-5}}
+    opt = build_optimizer(optim, [{"params": [w]}, {"params": [v], "lr_mult": 0.2}])
+    sched = build_scheduler(optim, opt, total_steps=10, steps_per_epoch=5)["scheduler"]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.01])
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    # The reference's cosine ends at 1e-5 in every group, adapters' included.
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-5, 1e-5])

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pwl.data.augment import random_crop, random_hflip
+from pwl.data.augment import PAD_MODES, random_crop, random_hflip, random_rotate
 from pwl.errors import ConfigError
 
 
@@ -59,7 +59,10 @@ class ImageDataModule(L.LightningDataModule):
         val_size: images carved from the training split for validation (fixed seed).
         seed: seed of that carve-out.
         crop_padding: random-crop padding in pixels during training (0: off).
+        crop_padding_mode: what fills that padding: ``zeros`` or ``reflect``.
         hflip: probability of a horizontal flip during training (0: off).
+        rotate_degrees: random rotation in [-rotate_degrees, rotate_degrees] during
+            training, applied before the crop (0: off).
         image_size: resize images to this size after loading (default: native size).
         num_workers: DataLoader workers (0 is right for in-memory tensors).
         limit_train: keep only this many training images (for quick runs).
@@ -76,14 +79,20 @@ class ImageDataModule(L.LightningDataModule):
                  val_size: int = 5000, seed: int = 0, crop_padding: int = 0,
                  hflip: float = 0.0, image_size: int | None = None, in_chans: int | None = None,
                  num_classes: int | None = None, num_workers: int = 0,
-                 limit_train: int | None = None) -> None:
+                 limit_train: int | None = None, crop_padding_mode: str = "zeros",
+                 rotate_degrees: float = 0.0) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_size = val_size
         self.seed = seed
+        if crop_padding_mode not in PAD_MODES:
+            raise ConfigError(f"data.crop_padding_mode={crop_padding_mode!r} is unknown; "
+                              f"use one of {list(PAD_MODES)}")
         self.crop_padding = crop_padding
+        self.crop_padding_mode = crop_padding_mode
         self.hflip = hflip
+        self.rotate_degrees = rotate_degrees
         self.image_size = image_size or self.native_size
         self.num_workers = num_workers
         self.limit_train = limit_train
@@ -144,7 +153,10 @@ class ImageDataModule(L.LightningDataModule):
     def preprocess(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 (B, C, H, W) on any device -> normalised float, augmented if ``train``."""
         if train:
-            images = random_crop(images, self.crop_padding)
+            # Rotation first, as in the reference code; flip and crop commute, so only the
+            # rotation's place in the order changes the result.
+            images = random_rotate(images, self.rotate_degrees)
+            images = random_crop(images, self.crop_padding, self.crop_padding_mode)
             images = random_hflip(images, self.hflip)
         x = images.float().div_(255)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -38,7 +38,9 @@ class ImageDataArgs(Schema):
     val_size: int = Field(5000, ge=0, le=MAX_IMAGES)
     seed: int = 0
     crop_padding: int = Field(0, ge=0, le=1024)
+    crop_padding_mode: Literal["zeros", "reflect"] = "zeros"
     hflip: float = Field(0.0, ge=0.0, le=1.0)
+    rotate_degrees: float = Field(0.0, ge=0.0, le=180.0)
     image_size: int | None = Field(None, ge=1, le=4096)
     in_chans: int | None = Field(None, ge=1, le=64)
     num_classes: int | None = Field(None, ge=1, le=1 << 20)

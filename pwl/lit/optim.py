@@ -38,11 +38,17 @@ def build_optimizer(optim_cfg: Mapping[str, Any], groups: Iterable[dict]) -> tor
 
 def build_scheduler(optim_cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                     total_steps: int, steps_per_epoch: float) -> dict[str, Any]:
-    """Linear warm-up for ``warmup_epochs`` then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warm-up for ``warmup_epochs`` then cosine decay to ``min_lr_ratio * lr``.
+
+    ``scheduler.min_lr``, when set, is the floor itself for every group instead
+    (the reference code's ``eta_min``).
+    """
     sched = optim_cfg.get("scheduler") or {}
     warmup = int(round(sched.get("warmup_epochs", 0) * steps_per_epoch))
     warmup = min(warmup, max(total_steps - 1, 0))
-    eta_min = sched.get("min_lr_ratio", 0.0) * min(g["lr"] for g in optimizer.param_groups)
+    eta_min = sched.get("min_lr")
+    if eta_min is None:
+        eta_min = sched.get("min_lr_ratio", 0.0) * min(g["lr"] for g in optimizer.param_groups)
     cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup, 1), eta_min=eta_min)
     if warmup > 0:
         warm = LinearLR(optimizer, start_factor=sched.get("warmup_start", 0.01),
