@@ -1,81 +1,448 @@
-"""Distillation-step throughput: cached mixed paths vs running every mixed path from the input.
+"""Training and evaluation throughput, each against its compute floor and a naive implementation.
 
-    python experiments/bench_train.py [--model resnet_narrow] [--loss pwl_all] [--batch 128]
+    python experiments/bench_train.py [--pairs default resnet vgg vit] [--modes random all_prefix]
+                                      [--batch 128] [--rounds 5] [--steps 3] [--eval]
+                                      [--out experiments/results/bench_train]
 
-Both variants train the same model with the same loss on the same batches; the
-naive one recomputes each mixed path's shared prefix from the input. Rounds of
-the two alternate so machine noise hits both alike; the median step time of
-each gives images/s, and their ratio is the speed-up.
+Training, per model pair and cross-path mode (``random``: one random mixed mask per
+step, ``loss=pwl``; ``all_prefix``: every prefix mask, ``loss=pwl_all``), four
+variants on the same batch:
+
+- step: the distillation step as ``DistillModule`` runs it (mixed paths continue from
+  the cached feature at their first switch), with the optimizer step;
+- naive: the same step with every mixed path run from the input;
+- baseline: a student cross-entropy step plus a teacher forward (no grad);
+- floor: the compute the step cannot avoid, each part timed alone: teacher forward
+  (no grad), student forward/backward, and every mixed path's suffix forward/backward
+  from the cached feature, on the masks the step itself ran.
+
+The table gives images/s of the step, overhead = step / baseline, step / floor and
+the naive speed-up = naive / step. With ``--eval``, stage evaluation of every mask
+(``pwl.evaluate orders=[all]``) with the shared-prefix ``StageEvaluator`` is timed
+against one forward per mask from the input, with the blocks each runs.
+
+Variants alternate within rounds so machine noise hits all of them alike; times are
+medians. Inputs are random tensors of the data's shape, so data loading is not
+measured. Results go to ``--out`` as ``train.csv|json`` and ``eval.csv|json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
+from pwl.build import build_hybrid
 from pwl.config import to_dict
+from pwl.hybrid import HybridNet
 from pwl.lit import DistillModule
 from pwl.losses import DistillOutputs
+from pwl.masks import first_switch, masks_for_order
+from pwl.stages import StageEvaluator
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+OUT = ROOT / "experiments" / "results" / "bench_train"
+
+# Model pairs as (model config, data config, overrides). "default" is the conf model on
+# Fashion-MNIST's shape; the others are the reference code's shapes on 3x32x32.
+# model.adapter=identity_if_equal follows the reference, which converts only where
+# feature shapes differ, so the comparison with it is like for like.
+PAIRS: dict[str, tuple[str, str, list[str]]] = {
+    "default": ("resnet_narrow", "fashion_mnist", []),
+    "resnet": ("resnet", "cifar10", [
+        "model.teacher.depths=[3,4,6,3]", "model.teacher.widths=[32,64,128,256]",
+        "model.student.depths=[1,1,1,1]", "model.student.widths=[32,64,128,256]"]),
+    "vgg": ("vgg", "cifar10", [
+        "model.teacher.depths=[2,2,3,3,3]", "model.teacher.widths=[64,128,256,512,512]",
+        "model.student.depths=[1,1,1,1,1]", "model.student.widths=[64,128,256,512,512]"]),
+    "vit": ("vit", "cifar10", [
+        *(f"model.{role}.{key}={value}" for role in ("teacher", "student")
+          for key, value in (("embed_dim", 192), ("num_heads", 3), ("patch_size", 4),
+                             ("num_blocks", 6))),
+        "model.teacher.depth=12", "model.student.depth=6"]),
+}
+# Cross-path mode -> the loss preset that trains with it.
+MODES = {"random": "pwl", "all_prefix": "pwl_all"}
+TRAIN_VARIANTS = ("step", "naive", "baseline", "floor")
+FLOOR_PARTS = ("teacher", "student", "suffixes")
 
 
-class NaiveOutputs(DistillOutputs):
+@dataclass
+class RecordedOutputs(DistillOutputs):
+    """DistillOutputs that note the mixed masks the loss asks for, so that the floor
+    times exactly the paths the step ran."""
+
+    asked: list[str] = field(default_factory=list, repr=False)
+
+    def mixed_logits(self, mask: str) -> torch.Tensor:
+        self.asked.append(mask)
+        return super().mixed_logits(mask)
+
+
+@dataclass
+class NaiveOutputs(RecordedOutputs):
     """Runs every mixed path from the input, as an implementation without caching would."""
 
     def mixed_logits(self, mask: str) -> torch.Tensor:
+        self.asked.append(mask)
         return self.hybrid(self.images, mask)
 
 
-def step_seconds(module: DistillModule, opt: torch.optim.Optimizer, x, y, naive: bool) -> float:
+@dataclass
+class TrainRow:
+    """One (pair, mode) of the training benchmark; times are medians in ms per step.
+
+    ``floor_ms`` is the median of the floor's totals; its parts (teacher, student,
+    suffixes) are medians of their own, so they need not add up to it exactly.
+    ``step_masks[i]`` are the distinct mixed masks the i-th timed step ran and
+    ``floor_masks[i]`` those its floor timed.
+    """
+
+    pair: str
+    mode: str
+    num_blocks: int
+    batch: int
+    timed_steps: int
+    masks_per_step: float
+    step_ms: float
+    naive_ms: float
+    baseline_ms: float
+    floor_ms: float
+    teacher_ms: float
+    student_ms: float
+    suffixes_ms: float
+    images_per_s: float
+    overhead: float
+    step_over_floor: float
+    naive_speedup: float
+    step_masks: list[list[str]]
+    naive_masks: list[list[str]]
+    floor_masks: list[list[str]]
+
+
+@dataclass
+class EvalRow:
+    """One pair of the evaluation benchmark; times are medians in ms per batch."""
+
+    pair: str
+    num_blocks: int
+    masks: int
+    batch: int
+    timed_batches: int
+    shared_ms: float
+    naive_ms: float
+    shared_images_per_s: float
+    naive_images_per_s: float
+    speedup: float
+    block_runs: int
+    naive_block_runs: int
+
+
+def compose_pair(pair: str, loss: str = "pwl") -> DictConfig:
+    """The training config of ``pair`` (a key of PAIRS) with the loss preset ``loss``."""
+    model, data, overrides = PAIRS[pair]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", [f"model={model}", f"data={data}", f"loss={loss}",
+                                 "model.adapter=identity_if_equal", *overrides])
+
+
+def random_batch(cfg: DictConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (B, C, H, W) of the pair's input shape and labels (B,)."""
+    x = torch.randn(batch, *cfg.model.input_shape)
+    return x, torch.randint(0, cfg.data.num_classes, (batch,))
+
+
+def distill_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor, outputs: type[RecordedOutputs]) -> tuple[float, list[str]]:
+    """One distillation step as ``DistillModule.training_step`` runs it, plus the optimizer.
+
+    Returns:
+        seconds, and the distinct mixed masks the loss asked for.
+    """
     start = time.perf_counter()
     with torch.no_grad():
         teacher_feats = module.hybrid.teacher.forward_features(x)
     student_feats = module.hybrid.student.forward_features(x)
-    cls = NaiveOutputs if naive else DistillOutputs
-    total, _ = module.loss(cls(x, y, module.hybrid, teacher_feats, student_feats))
+    out = outputs(x, y, module.hybrid, teacher_feats, student_feats)
+    total, _ = module.loss(out)
     opt.zero_grad(set_to_none=True)
     total.backward()
+    opt.step()
+    return time.perf_counter() - start, list(dict.fromkeys(out.asked))
+
+
+def baseline_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Tensor,
+                  y: torch.Tensor) -> float:
+    """Seconds of a teacher forward (no grad) plus a student cross-entropy step."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        module.hybrid.teacher.forward_features(x)
+    loss = F.cross_entropy(module.hybrid.student(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
     opt.step()
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet_narrow")
-    parser.add_argument("--data", default="fashion_mnist")
-    parser.add_argument("--loss", default="pwl_all")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=5, help="steps per round")
-    args = parser.parse_args()
+def floor_parts(hybrid: HybridNet, x: torch.Tensor, y: torch.Tensor,
+                masks: Sequence[str]) -> dict[str, float]:
+    """Seconds of the work a distillation step on ``masks`` cannot avoid, each part alone.
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", [f"model={args.model}", f"data={args.data}", f"loss={args.loss}"])
-    torch.manual_seed(0)
+    The parts are the teacher forward (no grad), the student forward/backward and, per
+    mixed mask, its suffix forward/backward from the cached feature before its first
+    switch (as ``DistillOutputs.mixed_logits`` starts it). The loss terms' own maths and
+    the optimizer step are left out: they are part of what step / floor exposes.
+
+    Returns:
+        ``teacher``, ``student`` and ``suffixes`` (the sum over masks) in seconds.
+    """
+    hybrid.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        teacher_feats = hybrid.teacher.forward_features(x)
+    teacher = time.perf_counter() - start
+    start = time.perf_counter()
+    student_feats = hybrid.student.forward_features(x)
+    F.cross_entropy(student_feats[-1], y).backward()
+    student = time.perf_counter() - start
+    suffixes = 0.0
+    for mask in masks:
+        switch = first_switch(mask)
+        if switch is None:  # a pure mask reuses the cached logits: no suffix to run
+            continue
+        cached = (teacher_feats if mask[0] == "T" else student_feats)[switch - 1].detach()
+        # The step's suffix backward ends at a cached student feature (the student's own
+        # backward is counted once above); a teacher feature needs no gradient.
+        cached.requires_grad_(mask[0] == "S")
+        hybrid.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        F.cross_entropy(hybrid.forward_from(switch - 1, cached, mask), y).backward()
+        suffixes += time.perf_counter() - start
+    return {"teacher": teacher, "student": student, "suffixes": suffixes}
+
+
+def step_seed(seed: int, round_index: int, step: int, steps: int) -> int:
+    """The RNG seed of a timed step: the step and the naive variant draw the same masks."""
+    return seed + round_index * steps + step
+
+
+def ms(seconds: list[float]) -> float:
+    return statistics.median(seconds) * 1e3
+
+
+def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
+                seed: int = 0) -> TrainRow:
+    """Times the four variants of the module docstring on one pair and cross-path mode."""
+    cfg = compose_pair(pair, MODES[mode])
+    torch.manual_seed(seed)
     module = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
+    got = module.loss.terms["cross_path"].mode
+    if got != mode:
+        raise SystemExit(f"loss={MODES[mode]} trains cross_path.mode={got!r}, not {mode!r}; "
+                         "update MODES in experiments/bench_train.py")
     module.hybrid.train()
-    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.randn(args.batch, *cfg.model.input_shape)
-    y = torch.randint(0, cfg.data.num_classes, (args.batch,))
-    for naive in (False, True):  # warm-up
-        step_seconds(module, opt, x, y, naive)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(args.rounds):
-        for naive in (False, True):
-            times[naive] += [step_seconds(module, opt, x, y, naive) for _ in range(args.steps)]
-    cached, naive = statistics.median(times[False]), statistics.median(times[True])
-    print(f"model={args.model} loss={args.loss} batch={args.batch} "
-          f"threads={torch.get_num_threads()}")
-    print(f"  {module.loss}")
-    print(f"  cached mixed paths : {args.batch / cached:8.1f} images/s ({cached * 1e3:.1f} ms/step)")
-    print(f"  naive (from input) : {args.batch / naive:8.1f} images/s ({naive * 1e3:.1f} ms/step)")
-    print(f"  speed-up           : {naive / cached:.2f}x")
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9)
+    x, y = random_batch(cfg, batch)
+
+    # Warm-up: allocator growth and kernel selection stay out of the timings.
+    _, warm_masks = distill_step(module, opt, x, y, RecordedOutputs)
+    distill_step(module, opt, x, y, NaiveOutputs)
+    baseline_step(module, opt, x, y)
+    floor_parts(module.hybrid, x, y, warm_masks)
+
+    times: dict[str, list[float]] = {k: [] for k in TRAIN_VARIANTS}
+    times |= {f"floor_{part}": [] for part in FLOOR_PARTS}
+    masks: dict[str, list[list[str]]] = {"step": [], "naive": [], "floor": []}
+    for r in range(rounds):
+        round_masks = []
+        for s in range(steps):
+            torch.manual_seed(step_seed(seed, r, s, steps))
+            seconds, asked = distill_step(module, opt, x, y, RecordedOutputs)
+            times["step"].append(seconds)
+            round_masks.append(asked)
+        masks["step"] += round_masks
+        for s in range(steps):
+            torch.manual_seed(step_seed(seed, r, s, steps))
+            seconds, asked = distill_step(module, opt, x, y, NaiveOutputs)
+            times["naive"].append(seconds)
+            masks["naive"].append(asked)
+        times["baseline"] += [baseline_step(module, opt, x, y) for _ in range(steps)]
+        for asked in round_masks:
+            parts = floor_parts(module.hybrid, x, y, asked)
+            for part, seconds in parts.items():
+                times[f"floor_{part}"].append(seconds)
+            times["floor"].append(sum(parts.values()))
+            masks["floor"].append(list(asked))
+
+    step, naive, baseline, floor = (ms(times[k]) for k in TRAIN_VARIANTS)
+    return TrainRow(
+        pair=pair, mode=mode, num_blocks=module.hybrid.num_blocks, batch=batch,
+        timed_steps=rounds * steps,
+        masks_per_step=statistics.mean(len(m) for m in masks["step"]),
+        step_ms=step, naive_ms=naive, baseline_ms=baseline, floor_ms=floor,
+        teacher_ms=ms(times["floor_teacher"]), student_ms=ms(times["floor_student"]),
+        suffixes_ms=ms(times["floor_suffixes"]),
+        images_per_s=batch / step * 1e3, overhead=step / baseline, step_over_floor=step / floor,
+        naive_speedup=naive / step,
+        step_masks=masks["step"], naive_masks=masks["naive"], floor_masks=masks["floor"])
+
+
+def naive_eval(hybrid: HybridNet, masks: Sequence[str], x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+    """Correct answers per mask, one forward from the input per mask."""
+    with torch.no_grad():
+        return torch.stack([(hybrid(x, mask).argmax(dim=1) == y).sum() for mask in masks])
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_eval(pair: str, batch: int, rounds: int, steps: int, seed: int = 0) -> EvalRow:
+    """Times stage evaluation of every mask: the shared-prefix evaluator vs one forward per
+    mask, on the same batch, alternating in rounds."""
+    cfg = compose_pair(pair)
+    torch.manual_seed(seed)
+    hybrid = build_hybrid(to_dict(cfg.model)).eval()
+    masks = masks_for_order("all", hybrid.num_blocks)
+    x, y = random_batch(cfg, batch)
+    evaluator = StageEvaluator(hybrid, ["all"])
+    # Warm-up. The evaluator's block counts are reported per batch, so this batch may count.
+    evaluator.update(x, y)
+    naive_eval(hybrid, masks, x, y)
+    shared: list[float] = []
+    naive: list[float] = []
+    for _ in range(rounds):
+        shared += [timed(lambda: evaluator.update(x, y)) for _ in range(steps)]
+        naive += [timed(lambda: naive_eval(hybrid, masks, x, y)) for _ in range(steps)]
+    result = evaluator.result()
+    shared_ms, naive_ms = ms(shared), ms(naive)
+    return EvalRow(
+        pair=pair, num_blocks=hybrid.num_blocks, masks=len(masks), batch=batch,
+        timed_batches=rounds * steps, shared_ms=shared_ms, naive_ms=naive_ms,
+        shared_images_per_s=batch / shared_ms * 1e3, naive_images_per_s=batch / naive_ms * 1e3,
+        speedup=naive_ms / shared_ms, block_runs=result.block_runs // result.batches,
+        naive_block_runs=result.naive_block_runs // result.batches)
+
+
+def scalar_columns(row_type: type) -> list[str]:
+    """The columns of a row type that fit in a CSV cell (the mask lists go to JSON only)."""
+    return [f.name for f in fields(row_type) if f.type in ("str", "int", "float")]
+
+
+def write_rows(rows: Sequence[TrainRow | EvalRow], row_type: type, stem: Path,
+               meta: dict[str, Any]) -> list[Path]:
+    """Writes ``<stem>.csv`` (scalar columns) and ``<stem>.json`` (meta and whole rows)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    columns = scalar_columns(row_type)
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    json_path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1)
+                         + "\n")
+    return [csv_path, json_path]
+
+
+def train_table(rows: Sequence[TrainRow]) -> Table:
+    table = Table(title="distillation step")
+    for col in ("pair", "mode", "images/s", "overhead", "step/floor", "naive speed-up"):
+        table.add_column(col, justify="left" if col in ("pair", "mode") else "right")
+    for r in rows:
+        table.add_row(r.pair, r.mode, f"{r.images_per_s:.1f}", f"{r.overhead:.2f}x",
+                      f"{r.step_over_floor:.2f}", f"{r.naive_speedup:.2f}x")
+    return table
+
+
+def eval_table(rows: Sequence[EvalRow]) -> Table:
+    table = Table(title="stage evaluation, every mask")
+    for col in ("pair", "masks", "shared images/s", "naive images/s", "speed-up",
+                "blocks run", "naive blocks"):
+        table.add_column(col, justify="left" if col == "pair" else "right")
+    for r in rows:
+        table.add_row(r.pair, str(r.masks), f"{r.shared_images_per_s:.1f}",
+                      f"{r.naive_images_per_s:.1f}", f"{r.speedup:.2f}x", str(r.block_runs),
+                      str(r.naive_block_runs))
+    return table
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--batch", type=int, default=128, help="images per step and per "
+                        "evaluation batch")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps of each variant "
+                        "per round")
+    parser.add_argument("--seed", type=int, default=0)
+    section = parser.add_mutually_exclusive_group()
+    section.add_argument("--eval", action="store_true", help="also time stage evaluation")
+    section.add_argument("--eval-only", action="store_true", help="time stage evaluation only")
+    parser.add_argument("--eval-pairs", nargs="+", choices=list(PAIRS),
+                        default=["default", "resnet"])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    for key in ("batch", "rounds", "steps"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, list]:
+    """Runs the benchmark of the module docstring, prints its tables and writes its files.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv``).
+
+    Returns:
+        ``{"train": [TrainRow, ...], "eval": [EvalRow, ...]}`` (a section not run is empty).
+    """
+    args = parse_args(argv)
+    console = Console()
+    meta = {"batch": args.batch, "rounds": args.rounds, "steps": args.steps, "seed": args.seed,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.machine(), "processor": platform.processor()}
+    console.print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
+                  f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    results: dict[str, list] = {"train": [], "eval": []}
+    written: list[Path] = []
+    if not args.eval_only:
+        for pair in args.pairs:
+            for mode in args.modes:
+                row = bench_train(pair, mode, args.batch, args.rounds, args.steps, args.seed)
+                console.print(f"  {pair} {mode}: {row.images_per_s:.1f} images/s, step "
+                              f"{row.step_ms:.1f} ms, floor {row.floor_ms:.1f} ms")
+                results["train"].append(row)
+        console.print(train_table(results["train"]))
+        written += write_rows(results["train"], TrainRow, args.out / "train", meta)
+    if args.eval or args.eval_only:
+        for pair in args.eval_pairs:
+            results["eval"].append(bench_eval(pair, args.batch, args.rounds, args.steps,
+                                              args.seed))
+        console.print(eval_table(results["eval"]))
+        written += write_rows(results["eval"], EvalRow, args.out / "eval", meta)
+    console.print("wrote: " + ", ".join(str(p) for p in written), soft_wrap=True)
+    return results
 
 
 if __name__ == "__main__":

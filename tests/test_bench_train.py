@@ -1,0 +1,96 @@
+"""experiments/bench_train.py at its tiniest: the tables it writes, and that its floor
+times the same mixed paths as the step it is compared with."""
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pwl.masks import random_mixed_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+# A script, not a module of the package: loaded from its path.
+_spec = importlib.util.spec_from_file_location("bench_train",
+                                               ROOT / "experiments" / "bench_train.py")
+bench = importlib.util.module_from_spec(_spec)
+# Registered before it runs (the importlib recipe for a source file): its dataclasses look
+# their module up while they are created.
+sys.modules[_spec.name] = bench
+_spec.loader.exec_module(bench)
+
+STEPS = 2
+TRAIN_COLUMNS = ["pair", "mode", "num_blocks", "batch", "timed_steps", "masks_per_step",
+                 "step_ms", "naive_ms", "baseline_ms", "floor_ms", "teacher_ms", "student_ms",
+                 "suffixes_ms", "images_per_s", "overhead", "step_over_floor", "naive_speedup"]
+EVAL_COLUMNS = ["pair", "num_blocks", "masks", "batch", "timed_batches", "shared_ms",
+                "naive_ms", "shared_images_per_s", "naive_images_per_s", "speedup",
+                "block_runs", "naive_block_runs"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_train")
+    results = bench.main(["--pairs", "default", "--modes", "random", "all_prefix",
+                          "--batch", "4", "--rounds", "1", "--steps", str(STEPS), "--eval",
+                          "--eval-pairs", "default", "--out", str(out)])
+    return results, out
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def assert_positive_numbers(row: dict[str, str], columns: list[str]) -> None:
+    for col in columns:
+        value = float(row[col])
+        assert math.isfinite(value) and value > 0, (col, value)
+
+
+def test_the_training_table_has_a_row_per_mode_with_positive_numbers(run):
+    results, out = run
+    assert [(r.pair, r.mode) for r in results["train"]] == [("default", "random"),
+                                                            ("default", "all_prefix")]
+    columns, rows = read_csv(out / "train.csv")
+    assert columns == TRAIN_COLUMNS
+    assert [(r["pair"], r["mode"], r["num_blocks"], r["timed_steps"]) for r in rows] == [
+        ("default", "random", "4", str(STEPS)), ("default", "all_prefix", "4", str(STEPS))]
+    for row in rows:
+        assert_positive_numbers(row, TRAIN_COLUMNS[2:])
+    saved = json.loads((out / "train.json").read_text())
+    assert saved["meta"]["batch"] == 4
+    assert [r["mode"] for r in saved["rows"]] == ["random", "all_prefix"]
+
+
+def test_the_floor_times_the_masks_the_step_ran(run):
+    random_row, prefix_row = run[0]["train"]
+    # Each timed step is seeded, so its one random mask is known; the naive variant
+    # is seeded alike and must run the same paths, as must the floor.
+    expected = []
+    for step in range(STEPS):
+        torch.manual_seed(bench.step_seed(0, 0, step, STEPS))
+        expected.append([random_mixed_mask(4)])
+    assert random_row.step_masks == expected
+    assert random_row.naive_masks == expected
+    assert random_row.floor_masks == expected
+    prefix = [["TSSS", "TTSS", "TTTS"]] * STEPS
+    assert prefix_row.step_masks == prefix_row.naive_masks == prefix_row.floor_masks == prefix
+    assert prefix_row.masks_per_step == 3
+
+
+def test_the_evaluation_table_counts_the_blocks_each_variant_runs(run):
+    results, out = run
+    columns, rows = read_csv(out / "eval.csv")
+    assert columns == EVAL_COLUMNS
+    assert len(rows) == 1 and rows[0]["pair"] == "default"
+    assert_positive_numbers(rows[0], EVAL_COLUMNS[1:])
+    row = results["eval"][0]
+    # N=4, all 16 masks: the shared prefixes are the trie's 2 + 4 + 8 + 16 nodes, while
+    # one forward per mask runs 16 x 4 blocks.
+    assert (row.masks, row.block_runs, row.naive_block_runs) == (16, 30, 64)
