@@ -9,8 +9,12 @@ Variants:
     teacher_safetensors: the whole teacher from one safetensors file.
     teacher_ckpt: the whole teacher through ``torch.load`` of a Lightning-style
         checkpoint (``state_dict`` with ``net.`` keys, ``hyper_parameters``).
+    student_safetensors: the student alone from one safetensors file (built from
+        the saved config, tensors assigned): what the bundle's first answer costs
+        without PWL.
     bundle: ``ProgressiveModel.open`` of a bundle, the student answering first;
-        with ``full`` it then loads every teacher block and answers again.
+        with ``full`` it then loads every teacher block (in ``order``, the bundle's
+        own by default) and answers again, and returns the load's events.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pwl.runtime.materialise import assign_tensors, build_on_meta, import_builde
 from pwl.runtime.progressive import ProgressiveModel
 from pwl.runtime.storage import Pacer, read_file
 
-VARIANTS = ("teacher_safetensors", "teacher_ckpt", "bundle")
+VARIANTS = ("teacher_safetensors", "teacher_ckpt", "student_safetensors", "bundle")
 CKPT_PREFIX = "net."
 
 
@@ -63,9 +67,9 @@ def logits_digest(logits: torch.Tensor) -> str:
     return hashlib.sha256(logits.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def load_teacher_safetensors(path: Path, model_cfg: dict[str, Any], pacer: Pacer,
-                             mmap: bool) -> BlockNet:
-    """The teacher from one safetensors file (built on meta, tensors assigned)."""
+def load_net_safetensors(path: Path, model_cfg: dict[str, Any], pacer: Pacer, mmap: bool,
+                         role: str = "teacher") -> BlockNet:
+    """``model.<role>`` from one safetensors file (built on meta, tensors assigned)."""
     from safetensors.torch import load, load_file
 
     if mmap:
@@ -74,9 +78,9 @@ def load_teacher_safetensors(path: Path, model_cfg: dict[str, Any], pacer: Pacer
     else:
         data, _ = read_file(path, pacer, digest=False)
         tensors = load(data)
-    teacher = build_on_meta(model_cfg["teacher"], "teacher")
-    assign_tensors(teacher, tensors, path)
-    return teacher.eval()
+    net = build_on_meta(model_cfg[role], role)
+    assign_tensors(net, tensors, path)
+    return net.eval()
 
 
 def load_teacher_ckpt(path: Path, model_cfg: dict[str, Any], pacer: Pacer,
@@ -99,11 +103,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         spec: variant, path (file or bundle dir), model_cfg, bandwidth (bytes/s or
-            None), mmap, full (bundle: also load the whole teacher), threads, seed.
+            None), mmap, full (bundle: also load the whole teacher), order (bundle: the
+            loading order, a list of masks; None for the bundle's), threads, seed.
 
     Returns:
         first_answer_s, peak_bytes (rise of VmHWM over the resident size before
-        loading), logits digest, and for the bundle full_answer_s / full_peak_bytes.
+        loading), logits digest, and for the bundle full_answer_s / full_peak_bytes
+        and events ([t, mask] per stage, seconds since open).
     """
     variant = spec["variant"]
     if variant not in VARIANTS:
@@ -124,10 +130,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if variant == "bundle":
         model = ProgressiveModel.open(path, bandwidth=rate, mmap=mmap)
         logits = model.predict(x)
+    elif variant == "teacher_ckpt":
+        logits = load_teacher_ckpt(path, model_cfg, Pacer(rate), mmap)(x)
     else:
-        load = load_teacher_safetensors if variant == "teacher_safetensors" else load_teacher_ckpt
-        teacher = load(path, model_cfg, Pacer(rate), mmap)
-        logits = teacher(x)
+        role = "student" if variant == "student_safetensors" else "teacher"
+        logits = load_net_safetensors(path, model_cfg, Pacer(rate), mmap, role)(x)
     first = time.perf_counter() - began
     result = {"variant": variant, "first_answer_s": first,
               "peak_bytes": memory_status().get("VmHWM", baseline) - baseline,
@@ -135,12 +142,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     result["full_peak_bytes"] = result["peak_bytes"]
     result["full_logits"] = result["logits"]
     if variant == "bundle" and spec.get("full", True):
-        model.start_loading()
+        model.start_loading(spec.get("order"))
         model.wait()
         logits = model.predict(x)
+        # The events' clock starts at open, as the first answer's does.
         result.update(full_answer_s=time.perf_counter() - began,
                       full_peak_bytes=memory_status().get("VmHWM", baseline) - baseline,
-                      full_logits=logits_digest(logits), final_mask=model.mask)
+                      full_logits=logits_digest(logits), final_mask=model.mask,
+                      events=[[e.t, e.mask] for e in model.events if e.error is None])
     return result
 
 

@@ -52,7 +52,7 @@ from pwl.runtime.manifest import (
 from pwl.runtime.materialise import assign_unit
 from pwl.runtime.storage import FileEntry
 from pwl.schemas import check_app_config
-from pwl.stages import accuracy_by_mask, evaluate_stages, last_epoch, read_stages
+from pwl.stages import StageResult, accuracy_by_mask, evaluate_stages, last_epoch, read_stages
 from pwl.stages.plans import read_plan
 
 STAGE_FILES = ("stages_test.csv", "stages.csv")
@@ -153,14 +153,22 @@ def stored_hybrid(hybrid: HybridNet, blocks: Sequence[Mapping[str, torch.Tensor]
     return copy
 
 
+def evaluate_on_split(hybrid: HybridNet, masks: Sequence[str],
+                      data_cfg: Mapping[str, Any] | DictConfig, split: str,
+                      data_source: str | Path | None = None,
+                      flip_pairs: Sequence[tuple[str, str]] = ()) -> StageResult:
+    """``evaluate_stages`` of ``masks`` (and ``flip_pairs``) on ``split`` of ``data_cfg``."""
+    dm = build_datamodule(to_dict(data_cfg), saved_from=data_source)
+    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
+    batches = ((dm.preprocess(images, train=False), labels) for images, labels in loader)
+    return evaluate_stages(hybrid, batches, list(masks), flip_pairs=flip_pairs)
+
+
 def measure_stages(hybrid: HybridNet, masks: Sequence[str],
                    data_cfg: Mapping[str, Any] | DictConfig, split: str,
                    data_source: str | Path | None = None) -> list[dict[str, Any]]:
     """Stage rows (mask, k, accuracy) of ``masks`` on ``split`` of ``data_cfg``, on the CPU."""
-    dm = build_datamodule(to_dict(data_cfg), saved_from=data_source)
-    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
-    batches = ((dm.preprocess(images, train=False), labels) for images, labels in loader)
-    result = evaluate_stages(hybrid, batches, list(masks))
+    result = evaluate_on_split(hybrid, masks, data_cfg, split, data_source)
     return [{"mask": m, "k": m.count("T"), "accuracy": result.accuracy(m)} for m in masks]
 
 

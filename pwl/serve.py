@@ -7,6 +7,15 @@ it opens; loading starts at once in the background. A live display shows the
 blocks loaded, the running accuracy and the answers per second. The run
 directory gets ``timeline.csv`` (one row per batch), ``timeline.png``
 (accuracy vs time, a vertical line at each swap) and ``events.json``.
+
+It then reports the accuracy over time of the load (``pwl.stages.curves``): the
+time each stage became active with that stage's accuracy from the manifest,
+time to first answer and to the teacher's accuracy, the mean accuracy over the
+load and over a fixed window (the time the fp32 teacher's bytes take at
+``bandwidth``), and, with ``monotonicity=true``, the share of the split's images
+each swap turns from right to wrong (counted by the stage evaluator with the
+bundle's stored weights, since each streamed image is answered on one mask only).
+These go to ``curve.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +40,14 @@ from rich.table import Table
 
 from pwl.build import build_datamodule
 from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
+from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError
 from pwl.runtime.manifest import MANIFEST, read_manifest
-from pwl.runtime.materialise import import_builders
+from pwl.runtime.materialise import import_builders, load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 from pwl.schemas import check_app_config
+from pwl.stages import evaluate_stages
+from pwl.stages.curves import consecutive_pairs, load_curve
 
 TIMELINE_COLUMNS = ("t", "stage", "mask", "batch_accuracy", "running_accuracy",
                     "answers_per_s", "answers")
@@ -222,7 +235,63 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
                   f"at {events[-1].t:.2f} s; outputs in {out}")
     if model.error is not None:
         raise model.error
+    flips = (swap_flips(bundle, model.loading_order or [model.mask], split, dm.preprocess,
+                        cfg.batch_size) if cfg.get("monotonicity", True) else None)
+    report = curve_report(events, stage_accuracy, rows[0]["t"], manifest,
+                          parse_bandwidth(cfg.bandwidth), flips)
+    (out / "curve.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(curve_summary(report))
     return rows
+
+
+def fp32_teacher_bytes(manifest: Mapping[str, Any]) -> int:
+    """Bytes of the teacher at fp32: its files when stored at fp32, else 4 bytes per
+    parameter (buffers such as BatchNorm statistics left out)."""
+    teacher = {rel: e for rel, e in manifest["files"].items() if rel.startswith("teacher/")}
+    if all(e.get("dtype") in (None, "fp32") for e in teacher.values()):
+        return sum(e["bytes"] for e in teacher.values())
+    return 4 * int(manifest["params"]["teacher"])
+
+
+def swap_flips(bundle: Path, masks: list[str], split: Any,
+               preprocess: Callable[..., torch.Tensor], batch_size: int) -> list[float]:
+    """Per swap of ``masks``, the share of ``split``'s images it turns from right to wrong."""
+    hybrid, _ = load_bundle_hybrid(bundle)
+    pairs = consecutive_pairs(masks)
+    batches = ((preprocess(split.images[i:i + batch_size], train=False),
+                split.labels[i:i + batch_size]) for i in range(0, len(split.labels), batch_size))
+    result = evaluate_stages(hybrid, batches, masks, flip_pairs=pairs)
+    return [result.flip_rate(*p) for p in pairs]
+
+
+def curve_report(events: list[LoadEvent], stage_accuracy: Mapping[str, float],
+                 first_answer_s: float, manifest: Mapping[str, Any], rate: float | None,
+                 flips: list[float] | None) -> dict[str, Any]:
+    """The load's accuracy over time (``load_curve``) as JSON; {"error": why} when the
+    manifest lacks the accuracy of a mask the load passed through."""
+    window = fp32_teacher_bytes(manifest) / rate if rate else None
+    try:
+        curve = load_curve([(e.t, e.mask) for e in events if e.error is None], stage_accuracy,
+                           first_answer_s, window)
+    except ConfigError as e:
+        return {"error": str(e), "flips": flips}
+    return {**asdict(curve), "flips": flips}
+
+
+def curve_summary(report: Mapping[str, Any]) -> str:
+    if "error" in report:
+        return f"accuracy over time: not computed ({report['error']})"
+    reached = report["time_to_teacher_s"]
+    text = (f"accuracy over time: mean {report['mean_accuracy_load']:.4f} over the load "
+            f"({report['loaded_s']:.3f} s)")
+    if report["window_s"] is not None:
+        text += (f", {report['mean_accuracy_window']:.4f} over the fp32 teacher's load time "
+                 f"({report['window_s']:.3f} s)")
+    text += ("; teacher's accuracy at " + (f"{reached:.3f} s" if reached is not None
+                                           else "no stage"))
+    if report["flips"] is not None:
+        text += ("; right->wrong per swap " + " ".join(f"{f:.2%}" for f in report["flips"]))
+    return text
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")

@@ -252,3 +252,20 @@ def test_pacer_holds_the_rate():
     stop.set()
     with pytest.raises(LoadingStopped):
         Pacer(1000, stop).consumed(10)
+
+
+def test_building_on_meta_skips_initialisation_but_not_shapes():
+    from pwl.build import build_saved_net_of
+    from pwl.runtime.materialise import build_on_meta, on_meta
+    from tests.conftest import model_cfg
+
+    with on_meta():
+        t = torch.empty(3)
+        assert t.normal_() is t and t.is_meta  # a value-only op is skipped
+        t.unsqueeze_(0)  # an op that changes the shape still runs
+    assert t.shape == (1, 3)
+    cfg = model_cfg("resnet_narrow")["teacher"]
+    meta, cpu = build_on_meta(cfg, "teacher"), build_saved_net_of(cfg, "teacher", "test")
+    assert all(v.is_meta for v in meta.state_dict().values())
+    assert ({k: (v.shape, v.dtype) for k, v in meta.state_dict().items()}
+            == {k: (v.shape, v.dtype) for k, v in cpu.state_dict().items()})

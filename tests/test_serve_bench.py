@@ -5,11 +5,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pwl.bench import bundle_target, measure_target
-from pwl.bench_worker import VARIANTS
+from pwl.bench import (
+    bundle_target,
+    curve_orders,
+    curve_variants,
+    measure_curves,
+    measure_target,
+    run_variant,
+)
+from pwl.bench_worker import VARIANTS, logits_digest
 from pwl.export import read_stage_rows
 from pwl.masks import masks_for_order
 from pwl.runtime import load_bundle_hybrid, read_manifest
+from pwl.stages.curves import mean_accuracy
 from pwl.weights import save_model_cfg, save_weights
 from tests.conftest import CONF_DIR, export_tiny, model_cfg, run_module, tiny_hybrid
 
@@ -91,6 +99,10 @@ def test_serve_cli_answers_through_every_stage_and_writes_the_timeline(tmp_path)
     events = json.loads((out / "events.json").read_text())
     assert [e["mask"] for e in events] == prefix
     assert (out / "timeline.png").stat().st_size > 0
+    curve = json.loads((out / "curve.json").read_text())
+    # the tiny bundle's manifest has no accuracy for TTSS, so no curve, but every swap's flips
+    assert "'TTSS'" in curve["error"]
+    assert len(curve["flips"]) == 4 and all(0 <= f <= 1 for f in curve["flips"])
 
 
 def test_serve_cli_needs_a_data_config(tmp_path):
@@ -100,17 +112,70 @@ def test_serve_cli_needs_a_data_config(tmp_path):
     assert "data=" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_bench_measures_the_three_variants(tmp_path):
-    _, bundle = export_tiny(tmp_path / "bundle")
+def test_bench_measures_the_four_variants(tmp_path):
+    hybrid, bundle = export_tiny(tmp_path / "bundle")
     target = bundle_target(bundle, tmp_path / "whole")
     rows = measure_target(target, bandwidth=None, cold=False, full=True)
     assert [r["variant"] for r in rows] == list(VARIANTS)
+    by_variant = {r["variant"]: r for r in rows}
     for r in rows:
-        for key in ("bytes_ratio", "first_answer_s", "first_answer_ratio", "peak_ratio",
-                    "full_answer_s"):
+        for key in ("bytes_ratio", "first_answer_s", "first_answer_ratio", "student_ratio",
+                    "peak_ratio", "full_answer_s"):
             assert r[key] > 0, (r["variant"], key)
+        # the student alone: the bundle's first answer; the others: the teacher's answer
         assert r["same_logits"], r["variant"]
     assert rows[0]["first_answer_ratio"] == rows[0]["bytes_ratio"] == 1.0
+    assert by_variant["student_safetensors"]["student_ratio"] == 1.0
     manifest = read_manifest(bundle)
-    assert rows[2]["bytes_ratio"] == (manifest["files"]["student.safetensors"]["bytes"]
-                                      / target.teacher_file.stat().st_size)
+    teacher_bytes = target.teacher_file.stat().st_size
+    assert by_variant["bundle"]["bytes_ratio"] == (
+        manifest["files"]["student.safetensors"]["bytes"] / teacher_bytes)
+    # the student alone's file holds the student's tensors and nothing else
+    assert safetensors_keys(target.student_file) == set(hybrid.student.state_dict())
+
+
+def safetensors_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
+
+
+def test_student_alone_answers_as_the_bundles_first_answer(tmp_path):
+    hybrid, bundle = export_tiny(tmp_path / "bundle")
+    target = bundle_target(bundle, tmp_path / "whole")
+    # each in a fresh process, as the bench runs them
+    student = run_variant({"variant": "student_safetensors", "path": str(target.student_file),
+                           "model_cfg": target.model_cfg, "full": False})
+    first = run_variant({"variant": "bundle", "path": str(bundle),
+                         "model_cfg": target.model_cfg, "full": False})
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = logits_digest(hybrid.student(x))
+    assert student["logits"] == first["logits"] == expected
+
+
+def test_bench_curves_score_each_dtype_and_order(tmp_path):
+    _, bundle = export_tiny(tmp_path / "bundle", plan=["SSST", "TSST", "TTST", "TTTT"])
+    target = bundle_target(bundle, tmp_path / "whole")
+    orders = curve_orders(read_manifest(bundle), ["bundle", "prefix", "plan"])
+    # the bundle's order is prefix: measured once under both names
+    assert orders == {"bundle=prefix": masks_for_order("prefix", 4),
+                      "plan": ["SSSS", "SSST", "TSST", "TTST", "TTTT"]}
+    variants = curve_variants(bundle, ["fp32", "int8"], orders, "test", tmp_path / "curves")
+    assert [v.dtype for v in variants] == ["fp32", "int8"]
+    assert variants[1].teacher_bytes < 0.5 * variants[0].teacher_bytes
+    for v in variants:  # every mask of both orders, in the variant's own manifest
+        assert set(v.accuracy) == set(orders["bundle=prefix"]) | set(orders["plan"])
+        assert set(v.flips) == {p for o in orders.values() for p in zip(o, o[1:])}
+        assert all(0 <= f <= 1 for f in v.flips.values())
+    window = 10.0
+    rows, curves = measure_curves(target, variants, orders, window, cold=False)
+    assert [(r["dtype"], r["order"]) for r in rows] == [
+        ("fp32", "bundle=prefix"), ("fp32", "plan"), ("int8", "bundle=prefix"), ("int8", "plan")]
+    assert rows[0]["area_ratio"] == 1.0
+    for r in rows:
+        curve = curves[f"{r['dtype']} {r['order']}"]
+        assert [m for _, m, _ in curve.stages] == orders[r["order"]]
+        assert r["mean_accuracy_window"] == pytest.approx(
+            mean_accuracy(curve.stages, window))

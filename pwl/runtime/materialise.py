@@ -8,12 +8,14 @@ costs reading it and nothing more.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pwl.adapters import Adapters
 from pwl.blocks import BlockNet
@@ -101,6 +103,40 @@ def import_builders(model_cfg: Mapping[str, Any], source: str | Path = MANIFEST)
     check_saved_model_cfg(model_cfg, source)
 
 
+# In-place ops that only write values (weight initialisation). A meta tensor has no values,
+# so on one they are skipped; ops that change a tensor's shape or strides still run.
+_VALUE_OPS = frozenset({"uniform_", "normal_", "trunc_normal_", "fill_", "zero_", "erfinv_",
+                        "clamp_", "clamp_min_", "clamp_max_", "mul_", "add_", "sub_", "div_",
+                        "exponential_", "bernoulli_", "random_", "log_normal_", "copy_",
+                        "orthogonal_"})
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Skips weight initialisation of meta tensors.
+
+    On the meta device the initialisers still run, through torch's Python
+    reference implementations, and cost most of a model's build (0.12 of 0.14 s
+    for the ViT-B/16 + ViT-S pair) while producing no values at all.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or (
+                getattr(func, "__name__", None) in _VALUE_OPS):
+            target = kwargs.get("tensor", args[0] if args else None)
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def on_meta() -> Iterator[None]:
+    """Builds modules on the meta device, without running their weight initialisation."""
+    with torch.device("meta"), _SkipInitOnMeta():
+        yield
+
+
 def build_on_meta(cfg: Mapping[str, Any], role: str, source: str | Path = MANIFEST) -> BlockNet:
     """Builds ``model.<role>`` of a saved config with its tensors on the meta device.
 
@@ -108,7 +144,7 @@ def build_on_meta(cfg: Mapping[str, Any], role: str, source: str | Path = MANIFE
     ``source`` (the file it came from) is named in errors.
     """
     try:
-        with torch.device("meta"):
+        with on_meta():
             return build_saved_net_of(cfg, role, source)
     except CheckpointError as meta_error:
         # Some builders read tensor values (.item(), .tolist()) and cannot run on meta;
@@ -133,7 +169,7 @@ def build_empty(model_cfg: Mapping[str, Any], feature_shapes: Mapping[str, Seque
     teacher = build_on_meta(model_cfg["teacher"], "teacher", source)
     student = build_on_meta(model_cfg["student"], "student", source)
     try:
-        with torch.device("meta"):
+        with on_meta():
             adapters = Adapters(feature_shapes["teacher"], feature_shapes["student"],
                                 model_cfg.get("adapter", "linear"))
         return HybridNet(teacher, student, adapters).eval()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from pwl.blocks import BlockNet
-from pwl.errors import DataError
+from pwl.errors import ConfigError, DataError
 from pwl.hybrid import HybridNet
 from pwl.masks import masks_for_order, parts_needed, resolve_masks, teacher_blocks
 from pwl.precision import estimated_bytes
@@ -104,6 +104,8 @@ class StageResult:
         samples: images evaluated.
         block_runs: blocks run, over all batches.
         naive_block_runs: blocks that one full forward per mask would have run.
+        flips: per (mask a, mask b) pair asked for, the images that a classifies right
+            and b wrong.
 
     Counts cover all processes when they were reduced; ``ms_per_batch`` is this process's.
     """
@@ -114,6 +116,7 @@ class StageResult:
     samples: int
     block_runs: int
     naive_block_runs: int
+    flips: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int:
@@ -125,6 +128,11 @@ class StageResult:
 
     def accuracy(self, mask: str) -> float:
         return next(r.accuracy for r in self.rows if r.mask == mask)
+
+    def flip_rate(self, before: str, after: str) -> float:
+        """The share of images ``before`` classifies right and ``after`` wrong: how often
+        swapping ``before`` for ``after`` breaks an answer (0 for a monotone step)."""
+        return self.flips[(before, after)] / self.samples
 
     def meta(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "num_blocks": self.num_blocks, "batches": self.batches,
@@ -148,14 +156,26 @@ class StageEvaluator:
     Args:
         hybrid: the model; put it in eval mode and disable grad before ``update``.
         orders: loading-order names and/or explicit masks (see ``resolve_masks``).
+        flip_pairs: (mask a, mask b) pairs, both among the masks of ``orders``, whose
+            right-to-wrong flips are counted (``StageResult.flips``); e.g. the
+            consecutive masks of a loading order, for its monotonicity.
     """
 
-    def __init__(self, hybrid: HybridNet, orders: str | Sequence[str]) -> None:
+    def __init__(self, hybrid: HybridNet, orders: str | Sequence[str],
+                 flip_pairs: Sequence[tuple[str, str]] = ()) -> None:
         self.hybrid = hybrid
         self.num_blocks = n = hybrid.num_blocks
         self.pairs = resolve_masks(orders, n)
         self.masks = list(dict.fromkeys(mask for _, mask in self.pairs))
         self.mask_index = {mask: j for j, mask in enumerate(self.masks)}
+        self.flip_pairs = list(dict.fromkeys((a, b) for a, b in flip_pairs))
+        unknown = sorted({m for pair in self.flip_pairs for m in pair} - set(self.masks))
+        if unknown:
+            raise ConfigError(f"flip_pairs name masks {unknown} that orders does not "
+                              "evaluate; add them to orders")
+        self._flip_masks = {m for pair in self.flip_pairs for m in pair}
+        # Per-image correctness of the current batch, for the masks of flip_pairs only.
+        self._hits: dict[str, torch.Tensor] = {}
         # The trie: "" is the input; a node's children extend it by one block.
         self.children: dict[str, list[str]] = {}
         for mask in self.masks:
@@ -167,6 +187,7 @@ class StageEvaluator:
         self.prefixes = [p for kids in self.children.values() for p in kids]
         device = next(hybrid.parameters()).device
         self.correct = torch.zeros(len(self.masks), dtype=torch.long, device=device)
+        self.flips = torch.zeros(len(self.flip_pairs), dtype=torch.long, device=device)
         self.total = 0
         self.batches = 0
         self.block_runs = 0
@@ -191,6 +212,9 @@ class StageEvaluator:
         """Evaluates every mask on one batch: images (B, C, H, W), labels (B,)."""
         marks: dict[str, tuple[Any, Any]] = {}
         self._visit("", images, labels, marks)
+        for j, (before, after) in enumerate(self.flip_pairs):
+            self.flips[j] += (self._hits[before] & ~self._hits[after]).sum()
+        self._hits.clear()
         if self._cuda:
             # Events are read once per batch so the blocks run without a sync between them.
             torch.cuda.synchronize(images.device)
@@ -214,19 +238,22 @@ class StageEvaluator:
             marks[child] = (start, self._mark())
             self.block_runs += 1
             if i == self.num_blocks - 1:
-                self.correct[self.mask_index[child]] += (x.argmax(dim=1) == labels).sum()
+                hits = x.argmax(dim=1) == labels
+                self.correct[self.mask_index[child]] += hits.sum()
+                if child in self._flip_masks:
+                    self._hits[child] = hits
             else:
                 self._visit(child, x, labels, marks)
 
     def counts(self) -> torch.Tensor:
-        """(M+3,) int64 on the model's device: correct per distinct mask, then images,
-        batches and block runs.
+        """(M+P+3,) int64 on the model's device: correct per distinct mask, flips per
+        flip pair, then images, batches and block runs.
 
         Summing it over processes (DDP) and passing it to ``result`` gives exact accuracy.
         """
         extra = torch.tensor([self.total, self.batches, self.block_runs], dtype=torch.long,
                              device=self.correct.device)
-        return torch.cat([self.correct, extra])
+        return torch.cat([self.correct, self.flips, extra])
 
     @staticmethod
     def num_images(counts: torch.Tensor) -> int:
@@ -246,7 +273,8 @@ class StageEvaluator:
         """The rows of this evaluation, from ``counts`` (e.g. reduced over processes)
         or from this process's own counts."""
         counts = (self.counts() if counts is None else counts).tolist()
-        correct, (total, batches, block_runs) = counts[:-3], counts[-3:]
+        m = len(self.masks)
+        correct, flips, (total, batches, block_runs) = counts[:m], counts[m:-3], counts[-3:]
         if total == 0:
             raise DataError("stage evaluation saw no images; the evaluation split is empty")
         rows = [StageRow(epoch=epoch, order=order, k=teacher_blocks(mask), mask=mask,
@@ -257,16 +285,19 @@ class StageEvaluator:
                 for order, mask in self.pairs]
         return StageResult(rows=rows, num_blocks=self.num_blocks, batches=batches,
                            samples=total, block_runs=block_runs,
-                           naive_block_runs=batches * len(self.masks) * self.num_blocks)
+                           naive_block_runs=batches * len(self.masks) * self.num_blocks,
+                           flips=dict(zip(self.flip_pairs, flips)))
 
 
 def evaluate_stages(hybrid: HybridNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    orders: str | Sequence[str], epoch: int = 0) -> StageResult:
+                    orders: str | Sequence[str], epoch: int = 0,
+                    flip_pairs: Sequence[tuple[str, str]] = ()) -> StageResult:
     """Evaluates ``orders`` on preprocessed batches (images (B, C, H, W), labels (B,)).
 
-    The hybrid is put in eval mode for the evaluation and restored afterwards.
+    The hybrid is put in eval mode for the evaluation and restored afterwards;
+    ``flip_pairs`` as in ``StageEvaluator``.
     """
-    evaluator = StageEvaluator(hybrid, orders)
+    evaluator = StageEvaluator(hybrid, orders, flip_pairs)
     was_training = hybrid.training
     hybrid.eval()
     try:
