@@ -61,7 +61,7 @@ reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS s
 
 reproduce-all: install ## reproduce for the three architecture families (ResNet, VGG, ViT) on Fashion-MNIST
 	for e in fmnist_resnet_narrow fmnist_vgg fmnist_vit; do \
-	  $(PY) experiments/reproduce.py --experiment $$e || exit 1; done
+	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd || exit 1; done
 
 sweep-losses: install ## Multirun: alignment distances x cross-path modes on the default pair, then a report
 	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --only teacher
