@@ -102,6 +102,15 @@ def teacher_block_file(block: int) -> str:
     return f"teacher/block_{block}.safetensors"
 
 
+def _load_manifest(bundle: Path) -> Any:
+    """The parsed ``manifest.json`` of ``bundle``; a missing one says how to make a bundle."""
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; {bundle} is not a bundle (create one "
+                              "with `python -m pwl.export checkpoint=<run> out=<dir>`)")
+    return _load_json(path)
+
+
 def _load_json(path: Path) -> Any:
     """The JSON of ``path``, read through ``open_regular`` and capped in size."""
     with open_regular(path) as f:
@@ -217,11 +226,7 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         CheckpointError: the first problem found, naming the file or key.
     """
     bundle = Path(bundle_dir)
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; {bundle} is not a bundle (create one "
-                              "with `python -m pwl.export checkpoint=<run> out=<dir>`)")
-    manifest = _load_json(path)
+    manifest = _load_manifest(bundle)
     problems = schema_problems(bundle, manifest) or layout_problems(bundle, manifest)
     if problems:
         raise CheckpointError(problems[0])
@@ -284,10 +289,7 @@ def verify(bundle_dir: str | Path) -> dict[str, Any]:
 
     bundle = Path(bundle_dir)
     path = bundle / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; {bundle} is not a bundle (create one "
-                              "with `python -m pwl.export checkpoint=<run> out=<dir>`)")
-    manifest = _load_json(path)
+    manifest = _load_manifest(bundle)
     problems = schema_problems(bundle, manifest)
     if problems:
         # the files cannot be checked against a manifest that is not one

@@ -31,7 +31,7 @@ from pwl.runtime.manifest import (
     stored_as_model,
     teacher_block_file,
 )
-from pwl.runtime.storage import read_tensors
+from pwl.runtime.storage import check_names, read_tensors
 
 
 def assign_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str
@@ -43,16 +43,7 @@ def assign_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], sourc
     """
     persistent = set(module.state_dict())
     expected = persistent | {name for name, _ in module.named_buffers()}
-    missing = sorted(expected - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected)
-    if missing or unexpected:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise CheckpointError(f"{source} does not match the model in the manifest: "
-                              + ", ".join(details))
+    check_names(expected, tensors.keys(), source)
     try:
         module.load_state_dict({k: tensors[k] for k in persistent}, assign=True)
     except RuntimeError as e:

@@ -16,7 +16,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -295,6 +295,21 @@ def parse_header(head: bytes, file_size: int, path: Path) -> dict[str, TensorInf
     return tensors
 
 
+def check_names(expected: Iterable[str], found: Iterable[str], source: Path | str) -> None:
+    """Raises ``CheckpointError`` naming ``source`` unless ``found`` has exactly the
+    ``expected`` tensor names; says how many are missing and unexpected, with an example."""
+    expected, found = set(expected), set(found)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0][:80]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0][:80]})")
+        raise CheckpointError(f"{source} does not match the model in the manifest: "
+                              + ", ".join(details))
+
+
 def check_header(header: Mapping[str, TensorInfo],
                  expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]],
                  path: Path) -> None:
@@ -302,16 +317,7 @@ def check_header(header: Mapping[str, TensorInfo],
 
     ``expected`` maps name -> (shape, dtype); a dtype of None accepts any.
     """
-    missing = sorted(expected.keys() - header.keys())
-    unexpected = sorted(header.keys() - expected.keys())
-    if missing or unexpected:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0][:80]})")
-        raise CheckpointError(f"{path} does not match the model in the manifest: "
-                              + ", ".join(details))
+    check_names(expected.keys(), header.keys(), path)
     for name, (shape, dtype) in sorted(expected.items()):
         info = header[name]
         if info.shape != tuple(shape):
