@@ -42,6 +42,7 @@ from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, loading_masks, validate_mask
 from pwl.precision import check_dtype, quantise
 from pwl.runtime.manifest import (
+    ADAPTERS_FILE,
     FORMAT_VERSION,
     MANIFEST,
     STUDENT_FILE,
@@ -218,9 +219,11 @@ def export_bundle(hybrid: HybridNet, model_cfg: Mapping[str, Any] | DictConfig,
                               "stem., blocks.<i>. or head.); they cannot be loaded per block")
     # Written into a hidden sibling and renamed into place at the end (``_publish``).
     final, out = out, _staging_dir(out)
-    files = {STUDENT_FILE: _write(out, STUDENT_FILE, {
-        **module_tensors(hybrid.student, "student."),
-        **module_tensors(hybrid.adapters, "adapters.")}, "student and adapters")}
+    # The student file is all the first answer reads; the adapters follow it.
+    files = {STUDENT_FILE: _write(out, STUDENT_FILE, module_tensors(hybrid.student, "student."),
+                                  "student"),
+             ADAPTERS_FILE: _write(out, ADAPTERS_FILE, module_tensors(hybrid.adapters,
+                                                                      "adapters."), "adapters")}
     stored = [quantise(tensors, dtype) for tensors in blocks]
     if dtype != "fp32" and stage_rows:
         if data_cfg is None or stages_split is None:
@@ -377,8 +380,8 @@ def print_summary(out: Path, manifest: dict[str, Any], stages_source: str | None
     console.print(f"N={manifest['num_blocks']}  loading order: "
                   f"{' -> '.join(manifest['loading_order'])}")
     console.print(f"params: teacher {params['teacher']:,}  student {params['student']:,}  "
-                  f"adapters {params['adapters']:,}  |  student file / teacher files = "
-                  f"{student_bytes / teacher_bytes:.3f}")
+                  f"adapters {params['adapters']:,}  |  student file (all the first answer "
+                  f"reads) / teacher files = {student_bytes / teacher_bytes:.3f}")
     dtypes = sorted({e.get("dtype", "fp32") for rel, e in manifest["files"].items()
                      if rel.startswith("teacher/")})
     console.print(f"teacher shards: {', '.join(dtypes)}, {human_bytes(teacher_bytes)}"

@@ -32,7 +32,7 @@ from pwl.evaluate import bundle_block_bytes, evaluate
 from pwl.hybrid import HybridNet
 from pwl.masks import masks_for_order
 from pwl.precision import check_dtype
-from pwl.runtime.manifest import MANIFEST, STUDENT_FILE, read_manifest
+from pwl.runtime.manifest import MANIFEST, read_manifest, side_files
 from pwl.stages import accuracy_by_mask, last_epoch, read_stages, teacher_block_bytes
 from pwl.stages.plans import PLAN_ORDER, PlanRow, best_order, plan_rows, plot_plan, write_plan
 
@@ -51,9 +51,11 @@ def block_bytes_of(checkpoint: Path, hybrid: HybridNet, dtype: str | None) -> tu
 
 
 def student_file_bytes(checkpoint: Path, hybrid: HybridNet) -> int:
-    """Bytes before the first answer: the bundle's student file, or student + adapters fp32."""
+    """Bytes loaded besides the teacher's: the bundle's student and adapters files, or
+    student + adapters at fp32."""
     if checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
-        return int(read_manifest(checkpoint)["files"][STUDENT_FILE]["bytes"])
+        manifest = read_manifest(checkpoint)
+        return sum(int(manifest["files"][rel]["bytes"]) for rel in side_files(manifest))
     return sum(t.numel() * t.element_size()
                for m in (hybrid.student, hybrid.adapters)
                for t in (*m.parameters(), *m.buffers()))

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pwl.checkpoint import load_hybrid
@@ -34,7 +35,7 @@ def test_round_trip_gives_every_mask_of_the_original(tmp_path):
 def test_manifest_and_files_follow_the_layout(tmp_path):
     hybrid, bundle = export_tiny(tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["num_blocks"] == 4
     assert manifest["loading_order"] == ["SSSS", "TSSS", "TTSS", "TTTS", "TTTT"]
     assert manifest["model"] == model_cfg("resnet_narrow")
@@ -42,7 +43,7 @@ def test_manifest_and_files_follow_the_layout(tmp_path):
     assert manifest["stages"][1] == {"mask": "TSSS", "k": 1, "accuracy": 0.6}
     assert manifest["params"]["teacher"] == sum(p.numel() for p in hybrid.teacher.parameters())
     assert manifest["params"]["student"] == sum(p.numel() for p in hybrid.student.parameters())
-    assert set(manifest["files"]) == {"student.safetensors",
+    assert set(manifest["files"]) == {"student.safetensors", "adapters.safetensors",
                                       *(teacher_block_file(i) for i in range(4))}
     for rel, entry in manifest["files"].items():
         data = (bundle / rel).read_bytes()
@@ -60,10 +61,42 @@ def test_manifest_and_files_follow_the_layout(tmp_path):
         assert any(k.startswith("stem.") for k in f.keys())
     with safe_open(str(bundle / "teacher/block_3.safetensors"), "pt") as f:
         assert any(k.startswith("head.") for k in f.keys())
+    # The first answer reads the student file alone; the adapters have their own.
     with safe_open(str(bundle / "student.safetensors"), "pt") as f:
-        keys = set(f.keys())
-    assert keys == {f"student.{k}" for k in hybrid.student.state_dict()} | {
-        f"adapters.{k}" for k in hybrid.adapters.state_dict()}
+        assert set(f.keys()) == {f"student.{k}" for k in hybrid.student.state_dict()}
+    with safe_open(str(bundle / "adapters.safetensors"), "pt") as f:
+        assert set(f.keys()) == {f"adapters.{k}" for k in hybrid.adapters.state_dict()}
+
+
+def as_format_1(bundle):
+    """Rewrites a bundle as format 1 wrote it: the adapters inside the student file."""
+    student, adapters = bundle / "student.safetensors", bundle / "adapters.safetensors"
+    save_file({**load_file(str(student)), **load_file(str(adapters))}, str(student))
+    adapters.unlink()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = student.read_bytes()
+    manifest["format_version"] = 1
+    del manifest["files"]["adapters.safetensors"]
+    manifest["files"]["student.safetensors"].update(
+        bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_format_1_bundles_still_load(tmp_path):
+    hybrid, bundle = export_tiny(tmp_path / "bundle")
+    as_format_1(bundle)
+    assert verify(bundle)["format_version"] == 1
+    x = torch.randn(3, 3, 16, 16)
+    with ProgressiveModel.open(bundle) as model, torch.no_grad():
+        assert torch.equal(model.predict(x), hybrid.student(x))
+        model.start_loading("suffix")
+        model.wait()
+        assert torch.equal(model.predict(x), hybrid.teacher(x))
+        assert [e.mask for e in model.events] == ["SSSS", "SSST", "SSTT", "STTT", "TTTT"]
+    loaded, _ = load_bundle_hybrid(bundle)
+    with torch.no_grad():
+        for mask in ("TSSS", "STST"):
+            assert torch.equal(loaded(x, mask), hybrid(x, mask))
 
 
 def test_verify_names_a_corrupt_file(tmp_path):

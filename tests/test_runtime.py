@@ -90,8 +90,11 @@ def test_prefix_loading_ends_as_the_teacher_and_frees_the_student(exported, mmap
     events = model.events
     assert [e.mask for e in events] == PREFIX
     assert [e.block for e in events] == [None, 0, 1, 2, 3]
-    assert [e.bytes_read for e in events[1:]] == [
-        (bundle / f"teacher/block_{i}.safetensors").stat().st_size for i in range(4)]
+    # The first step reads the adapters' file before its teacher block.
+    size = [(bundle / f"teacher/block_{i}.safetensors").stat().st_size for i in range(4)]
+    size[0] += (bundle / "adapters.safetensors").stat().st_size
+    assert [e.bytes_read for e in events] == [
+        (bundle / "student.safetensors").stat().st_size, *size]
     assert all(a.t <= b.t for a, b in zip(events, events[1:]))
     check_memory(model, "TTTT")
     assert model.resident_bytes() == sum(hybrid.teacher.unit_num_bytes(i) for i in range(4))
@@ -186,6 +189,9 @@ def test_four_threads_predicting_while_loading_see_only_whole_masks(exported):
     (lambda p: p.unlink(), "missing"),
     (truncate, "bytes but the manifest says"),
     (flip_byte, "sha256"),
+    # a corrupt header: files over 1 MiB are hashed while their header is parsed, and the
+    # error still names the hash
+    (lambda p: flip_byte(p, offset=12), "sha256"),
 ])
 def test_a_bad_teacher_file_stops_loading_on_the_last_good_mask(exported, block, fault,
                                                                message):
@@ -204,6 +210,17 @@ def test_a_bad_teacher_file_stops_loading_on_the_last_good_mask(exported, block,
     check_memory(model, good)
     with pytest.raises(CheckpointError):
         model.wait()  # the error stays
+
+
+def test_a_bad_adapters_file_stops_loading_at_the_student(exported):
+    _, bundle, x, expected = exported
+    model = ProgressiveModel.open(bundle)
+    flip_byte(bundle / "adapters.safetensors")
+    model.start_loading()
+    with pytest.raises(CheckpointError, match="adapters.safetensors.*sha256"):
+        model.wait(timeout=60)
+    assert (model.mask, model.done) == ("SSSS", True)
+    assert torch.equal(model.predict(x), expected["SSSS"])
 
 
 def test_close_stops_a_slow_download_and_the_model_keeps_answering(exported):

@@ -9,6 +9,7 @@ Bundles are written by ``pwl.export``.
 
 from pwl.config import parse_bandwidth
 from pwl.runtime.manifest import (
+    ADAPTERS_FILE,
     MANIFEST,
     STUDENT_FILE,
     BundleError,
@@ -19,6 +20,6 @@ from pwl.runtime.manifest import (
 from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 
-__all__ = ["MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent", "ProgressiveModel",
-           "load_bundle_hybrid", "parse_bandwidth", "read_manifest", "teacher_block_file",
+__all__ = ["ADAPTERS_FILE", "MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent",
+           "ProgressiveModel", "load_bundle_hybrid", "parse_bandwidth", "read_manifest", "teacher_block_file",
            "verify"]

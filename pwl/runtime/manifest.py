@@ -47,9 +47,12 @@ from pwl.runtime.storage import (
     read_file,
 )
 
-FORMAT_VERSION = 1
+# 2: the adapters have a file of their own, read after the first answer (1: they were in
+# the student file). Both are read.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 STUDENT_FILE = "student.safetensors"
+ADAPTERS_FILE = "adapters.safetensors"
 REQUIRED_KEYS = ("format_version", "num_blocks", "model", "feature_shapes", "loading_order",
                  "files")
 # A manifest is a few kilobytes; a larger one is not read into memory.
@@ -177,10 +180,10 @@ def layout_problems(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
     n = manifest["num_blocks"]
     files = manifest["files"]
     problems = [p for rel in sorted(files) if (p := name_problem(bundle, rel))]
-    if STUDENT_FILE not in files:
-        problems.append(f"{path} lists no {STUDENT_FILE}; {FIX}")
+    side = side_files(manifest)
+    problems += [f"{path} lists no {rel}; {FIX}" for rel in sorted(side - set(files))]
     expected = {teacher_block_file(i) for i in range(n)}
-    listed = set(files) - {STUDENT_FILE}
+    listed = set(files) - side
     problems += [f"{bundle / rel}: the manifest says N={n} but does not list this file; {FIX}"
                  for rel in sorted(expected - listed)]
     problems += [f"{bundle / rel} is listed in the manifest, which says N={n}; {FIX}"
@@ -190,7 +193,7 @@ def layout_problems(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
                if teacher_dir.is_dir() and not teacher_dir.is_symlink() else set())
     problems += [f"{bundle / rel} is in the bundle but the manifest says N={n}; remove it or "
                  "re-export the bundle" for rel in sorted(on_disk - expected)]
-    for rel in sorted(set(files) & (expected | {STUDENT_FILE})):
+    for rel in sorted(set(files) & (expected | side)):
         file = bundle / rel
         if not file.is_file():
             problems.append(f"{file} is missing; the bundle's manifest lists it. Re-export "
@@ -231,6 +234,17 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     if problems:
         raise CheckpointError(problems[0])
     return manifest
+
+
+def side_files(manifest: Mapping[str, Any]) -> set[str]:
+    """The bundle's files besides the teacher blocks: the student's, and from format 2 on
+    the adapters' (format 1 kept the adapters in the student file)."""
+    return {STUDENT_FILE} if manifest["format_version"] < 2 else {STUDENT_FILE, ADAPTERS_FILE}
+
+
+def adapters_file_of(manifest: Mapping[str, Any]) -> str:
+    """The file that holds the adapters."""
+    return ADAPTERS_FILE if ADAPTERS_FILE in side_files(manifest) else STUDENT_FILE
 
 
 def file_entry_of(manifest: Mapping[str, Any], rel: str) -> FileEntry:
@@ -307,7 +321,7 @@ def verify(bundle_dir: str | Path) -> dict[str, Any]:
     for rel in sorted(manifest["files"]):
         if not (bundle / rel).is_file() or name_problem(bundle, rel):
             continue
-        expected = (expected_tensors(hybrid, rel) if hybrid is not None
+        expected = (expected_tensors(hybrid, rel, manifest) if hybrid is not None
                     and stored_as_model(manifest, rel) else None)
         problems += _file_problems(bundle, manifest, rel, expected)
     if problems:

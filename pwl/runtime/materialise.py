@@ -20,14 +20,17 @@ from torch.overrides import TorchFunctionMode
 from pwl.adapters import Adapters
 from pwl.blocks import BlockNet
 from pwl.build import build_saved_net_of, check_saved_model_cfg
-from pwl.errors import CheckpointError
+from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 from pwl.precision import dequantise
 from pwl.runtime.manifest import (
+    ADAPTERS_FILE,
     MANIFEST,
     STUDENT_FILE,
+    adapters_file_of,
     file_entry_of,
     read_manifest,
+    side_files,
     stored_as_model,
     teacher_block_file,
 )
@@ -78,11 +81,10 @@ def assign_unit(teacher: BlockNet, block: int, tensors: Mapping[str, torch.Tenso
                     teacher.unit_prefixes(block), source)
 
 
-def assign_student(hybrid: HybridNet, tensors: Mapping[str, torch.Tensor],
-                   source: Path | str) -> None:
-    """Materialises the student and the adapters from the tensors of the student file."""
-    _split_prefixes(tensors, [hybrid.student, hybrid.adapters], ["student.", "adapters."],
-                    source)
+def assign_parts(parts: Sequence[tuple[nn.Module, str]], tensors: Mapping[str, torch.Tensor],
+                 source: Path | str) -> None:
+    """Materialises each (module, key prefix) of ``parts`` from the tensors of one file."""
+    _split_prefixes(tensors, [m for m, _ in parts], [p for _, p in parts], source)
 
 
 def import_builders(model_cfg: Mapping[str, Any], source: str | Path = MANIFEST) -> None:
@@ -149,40 +151,56 @@ def build_on_meta(cfg: Mapping[str, Any], role: str, source: str | Path = MANIFE
 
 
 def build_empty(model_cfg: Mapping[str, Any], feature_shapes: Mapping[str, Sequence],
-                source: str | Path = MANIFEST) -> HybridNet:
+                source: str | Path = MANIFEST, student: BlockNet | None = None) -> HybridNet:
     """The hybrid of ``model_cfg`` with every tensor on the meta device (no memory held).
 
     ``model_cfg`` is data read from ``source``: it is validated against the registered
     builders before anything is built. ``feature_shapes`` (``{"teacher": [...],
     "student": [...]}``, per boundary) size the adapters without running either network.
+    ``student``: a student already built from ``model_cfg`` (e.g. loaded), used as it is.
     """
     check_saved_model_cfg(model_cfg, source)
     teacher = build_on_meta(model_cfg["teacher"], "teacher", source)
-    student = build_on_meta(model_cfg["student"], "student", source)
+    if student is None:
+        student = build_on_meta(model_cfg["student"], "student", source)
     try:
         with on_meta():
             adapters = Adapters(feature_shapes["teacher"], feature_shapes["student"],
                                 model_cfg.get("adapter", "linear"))
         return HybridNet(teacher, student, adapters).eval()
+    except ConfigError as e:  # e.g. the teacher and the student differ in N
+        raise CheckpointError(f"{source}: {e}; re-export the bundle") from None
     except Exception as e:  # shapes each valid alone may still not pair up
         raise CheckpointError(f"{source}: feature_shapes do not fit the model config "
                               f"({type(e).__name__}: {str(e)[:200]}); re-export the bundle"
                               ) from None
 
 
-def expected_tensors(hybrid: HybridNet, rel: str
+def file_parts(hybrid: HybridNet, rel: str, manifest: Mapping[str, Any]
+               ) -> list[tuple[nn.Module, str]]:
+    """The (module, key prefix) pairs whose tensors bundle file ``rel`` holds."""
+    if rel in (STUDENT_FILE, ADAPTERS_FILE):
+        parts = [(hybrid.student, "student.")] if rel == STUDENT_FILE else []
+        if adapters_file_of(manifest) == rel:
+            parts.append((hybrid.adapters, "adapters."))
+        return parts
+    block = next(i for i in range(hybrid.num_blocks) if teacher_block_file(i) == rel)
+    return list(zip(hybrid.teacher.unit_modules(block), hybrid.teacher.unit_prefixes(block)))
+
+
+def expected_tensors(hybrid: HybridNet, rel: str, manifest: Mapping[str, Any]
                      ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Name -> (shape, dtype) of every tensor bundle file ``rel`` holds for ``hybrid``.
+    """Name -> (shape, dtype) of every tensor bundle file ``rel`` holds for ``hybrid``."""
+    return expected_of(file_parts(hybrid, rel, manifest))
+
+
+def expected_of(parts: Sequence[tuple[nn.Module, str]]
+                ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor of ``parts`` ((module, key prefix) pairs).
 
     Read from the (meta) modules, so a file's safetensors header can be checked
     against the model before any of its tensor data is used.
     """
-    if rel == STUDENT_FILE:
-        parts = [(hybrid.student, "student."), (hybrid.adapters, "adapters.")]
-    else:
-        block = next(i for i in range(hybrid.num_blocks) if teacher_block_file(i) == rel)
-        parts = list(zip(hybrid.teacher.unit_modules(block),
-                         hybrid.teacher.unit_prefixes(block)))
     expected = {}
     for module, prefix in parts:
         tensors = {**dict(module.named_buffers()), **module.state_dict()}
@@ -205,10 +223,12 @@ def load_bundle_hybrid(bundle_dir: str | Path) -> tuple[HybridNet, dict[str, Any
     check_num_blocks(hybrid, manifest, bundle)
 
     def read(rel: str) -> dict[str, torch.Tensor]:
-        expected = expected_tensors(hybrid, rel) if stored_as_model(manifest, rel) else None
+        expected = (expected_tensors(hybrid, rel, manifest) if stored_as_model(manifest, rel)
+                    else None)
         return read_tensors(bundle / rel, file_entry_of(manifest, rel), expected=expected)
 
-    assign_student(hybrid, read(STUDENT_FILE), bundle / STUDENT_FILE)
+    for rel in sorted(side_files(manifest)):
+        assign_parts(file_parts(hybrid, rel, manifest), read(rel), bundle / rel)
     for i in range(hybrid.num_blocks):
         assign_unit(hybrid.teacher, i, read(teacher_block_file(i)), bundle / teacher_block_file(i))
     return hybrid.eval(), manifest["model"]

@@ -1,9 +1,11 @@
 """ProgressiveModel: answers from the student at once, better as teacher blocks arrive.
 
-``open`` reads the manifest and the student file only; the teacher is built on
-the meta device, so its weights take no memory until their block is loaded.
-``start_loading`` reads teacher blocks in a background thread, in the loading
-order; after each block is materialised the model swaps to the next mask.
+``open`` reads the manifest and the student file only, and builds the student
+alone: the first answer costs what the student alone costs. ``start_loading``
+builds the teacher on the meta device (its weights take no memory until their
+block is loaded) and, in a background thread, reads the adapters' file and then
+the teacher blocks in the loading order; after each block is materialised the
+model swaps to the next mask.
 
 Swaps are atomic: a prediction takes the current snapshot (an immutable mask
 plus a count of predictions running on it) under a lock, runs wholly on that
@@ -26,24 +28,31 @@ from typing import Any
 
 import torch
 
+from pwl.blocks import BlockNet
+from pwl.build import check_saved_model_cfg
 from pwl.config import parse_bandwidth
 from pwl.errors import CheckpointError, PWLError
 from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, blocks_of_masks, loading_masks, parts_needed, teacher_blocks
 from pwl.runtime.manifest import (
+    ADAPTERS_FILE,
     MANIFEST,
     STUDENT_FILE,
+    adapters_file_of,
     file_entry_of,
     read_manifest,
     stored_as_model,
     teacher_block_file,
 )
 from pwl.runtime.materialise import (
-    assign_student,
+    assign_parts,
     assign_unit,
     build_empty,
+    build_on_meta,
     check_num_blocks,
+    expected_of,
     expected_tensors,
+    file_parts,
 )
 from pwl.runtime.storage import LoadingStopped, Pacer, read_tensors
 
@@ -90,18 +99,23 @@ class ProgressiveModel:
     Create it with ``ProgressiveModel.open(bundle)``.
     """
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], hybrid: HybridNet,
-                 device: torch.device, bandwidth: float | None, mmap: bool,
-                 started: float) -> None:
+    def __init__(self, bundle: Path, manifest: dict[str, Any], student: BlockNet,
+                 hybrid: HybridNet | None, device: torch.device, bandwidth: float | None,
+                 mmap: bool, started: float) -> None:
         self.bundle = bundle
         self.manifest = manifest
         self.device = device
         self.bandwidth = bandwidth
         self.mmap = mmap
+        self._student = student
+        # Built (teacher on meta, adapters unread) when first needed; format-1 bundles,
+        # whose student file holds the adapters, have it from open.
         self._hybrid = hybrid
+        self._adapters_read = adapters_file_of(manifest) == STUDENT_FILE
+        self._build_lock = threading.Lock()
         self._started = started
         self._cond = threading.Condition()
-        self._snapshot = _Snapshot("S" * hybrid.num_blocks)
+        self._snapshot = _Snapshot("S" * student.num_blocks)
         self._events: list[LoadEvent] = []
         self._order: list[str] | None = None
         self._thread: threading.Thread | None = None
@@ -131,27 +145,42 @@ class ProgressiveModel:
         device = torch.device(device)
         rate = parse_bandwidth(bandwidth)
         manifest = read_manifest(bundle)
-        hybrid = build_empty(manifest["model"], manifest["feature_shapes"], bundle / MANIFEST)
-        check_num_blocks(hybrid, manifest, bundle)
+        source = bundle / MANIFEST
+        if adapters_file_of(manifest) == STUDENT_FILE:  # format 1: the adapters come too
+            hybrid = build_empty(manifest["model"], manifest["feature_shapes"], source)
+            check_num_blocks(hybrid, manifest, bundle)
+            student, parts = hybrid.student, file_parts(hybrid, STUDENT_FILE, manifest)
+        else:
+            check_saved_model_cfg(manifest["model"], source)
+            hybrid, student = None, build_on_meta(manifest["model"]["student"], "student", source)
+            if student.num_blocks != manifest["num_blocks"]:
+                raise CheckpointError(f"{source} says N={manifest['num_blocks']} but its model "
+                                      f"config builds a student of N={student.num_blocks} "
+                                      "blocks; re-export the bundle")
+            parts = [(student, "student.")]
         path = bundle / STUDENT_FILE
         entry = file_entry_of(manifest, STUDENT_FILE)
-        expected = (expected_tensors(hybrid, STUDENT_FILE)
-                    if stored_as_model(manifest, STUDENT_FILE) else None)
-        assign_student(hybrid, read_tensors(path, entry, Pacer(rate), mmap, device, expected),
-                       path)
-        model = cls(bundle, manifest, hybrid.eval(), device, rate, mmap, started)
+        expected = expected_of(parts) if stored_as_model(manifest, STUDENT_FILE) else None
+        assign_parts(parts, read_tensors(path, entry, Pacer(rate), mmap, device, expected), path)
+        model = cls(bundle, manifest, student.eval(), hybrid, device, rate, mmap, started)
         mask = model.mask
         model._record(LoadEvent(0, mask, None, model.elapsed(), entry.bytes, model.elapsed()))
         return model
 
     @property
     def num_blocks(self) -> int:
-        return self._hybrid.num_blocks
+        return self._student.num_blocks
 
     @property
     def hybrid(self) -> HybridNet:
-        """The underlying hybrid; blocks not loaded (teacher) or freed (student) are on meta."""
-        return self._hybrid
+        """The underlying hybrid; blocks not loaded (teacher, adapters) or freed (student)
+        are on meta. Built on first use: the first answer needs the student only."""
+        with self._build_lock:
+            if self._hybrid is None:
+                manifest = self.manifest
+                self._hybrid = build_empty(manifest["model"], manifest["feature_shapes"],
+                                           self.bundle / MANIFEST, self._student).eval()
+            return self._hybrid
 
     @property
     def mask(self) -> str:
@@ -188,7 +217,8 @@ class ProgressiveModel:
 
     def resident_bytes(self) -> int:
         """Bytes of the parameters and buffers held in memory (not on meta)."""
-        tensors = [*self._hybrid.parameters(), *self._hybrid.buffers()]
+        net = self._hybrid if self._hybrid is not None else self._student
+        tensors = [*net.parameters(), *net.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors if not t.is_meta)
 
     def predict_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -197,8 +227,11 @@ class ProgressiveModel:
             snapshot = self._snapshot
             snapshot.active += 1
         try:
+            hybrid = self._hybrid
             with torch.no_grad():
-                logits = self._hybrid(x.to(self.device), snapshot.mask)
+                # Before the hybrid is built, no swap has happened: the mask is all-student.
+                logits = (hybrid(x.to(self.device), snapshot.mask) if hybrid is not None
+                          else self._student(x.to(self.device)))
         finally:
             with self._cond:
                 snapshot.active -= 1
@@ -227,9 +260,11 @@ class ProgressiveModel:
         masks = loading_masks(self.manifest["loading_order"] if order is None else order,
                               self.num_blocks)
         self._order = masks
-        # Parts no mask of this order uses are dropped at once; the current mask (all-S)
-        # is in the order, so no running prediction needs them.
-        self._free_unused(masks)
+        self.hybrid  # noqa: B018 - builds it (teacher on meta) before any swap
+        if self._adapters_read:
+            # Parts no mask of this order uses are dropped at once; the current mask
+            # (all-S) is in the order, so no running prediction needs them.
+            self._free_unused(masks)
         self._thread = threading.Thread(target=self._load, args=(masks,), name="pwl-loader",
                                         daemon=True)
         self._thread.start()
@@ -276,9 +311,12 @@ class ProgressiveModel:
                 rel = teacher_block_file(block)
                 path = self.bundle / rel
                 entry = file_entry_of(self.manifest, rel)
-                expected = (expected_tensors(self._hybrid, rel)
+                expected = (expected_tensors(self._hybrid, rel, self.manifest)
                             if stored_as_model(self.manifest, rel) else None)
+                extra = 0
                 try:
+                    if not self._adapters_read:  # the first step brings the adapters too
+                        extra = self._read_adapters(pacer, masks)
                     assign_unit(teacher, block, read_tensors(path, entry, pacer, self.mmap,
                                                              self.device, expected), path)
                 except LoadingStopped:
@@ -292,9 +330,21 @@ class ProgressiveModel:
                     return
                 self._swap(mask, masks[step:])
                 self._record(LoadEvent(teacher_blocks(mask), mask, block, self.elapsed(),
-                                       entry.bytes, time.perf_counter() - began))
+                                       entry.bytes + extra, time.perf_counter() - began))
         finally:
             self._done.set()
+
+    def _read_adapters(self, pacer: Pacer, masks: list[str]) -> int:
+        """Reads the adapters' file, then frees what no mask of ``masks`` uses; its bytes."""
+        path = self.bundle / ADAPTERS_FILE
+        entry = file_entry_of(self.manifest, ADAPTERS_FILE)
+        parts = file_parts(self._hybrid, ADAPTERS_FILE, self.manifest)
+        expected = expected_of(parts) if stored_as_model(self.manifest, ADAPTERS_FILE) else None
+        assign_parts(parts, read_tensors(path, entry, pacer, self.mmap, self.device, expected),
+                     path)
+        self._adapters_read = True
+        self._free_unused(masks)
+        return entry.bytes
 
     def _fail(self, error: PWLError, block: int) -> None:
         self._error = error

@@ -17,6 +17,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +29,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from pwl.errors import CheckpointError
 
 _MIN_CHUNK = 4 << 10
+# Files from this size on are hashed on a second thread while their tensors are made.
+_HASH_APART_BYTES = 1 << 20
 _MAX_CHUNK = 4 << 20
 # A header lists names, shapes and offsets: kilobytes for any real shard. A larger
 # length is a lie, refused before it is read or allocated.
@@ -136,6 +139,13 @@ def read_file(path: Path, pacer: Pacer | None = None, keep: bool = True,
     left = None if limit is None else limit + 1
     try:
         with (open_regular(path) if regular_only else open(path, "rb")) as f:
+            if keep and pacer.rate is None:
+                # Unpaced: one read into one buffer, without a chunk list to join.
+                data = f.read(-1 if left is None else left)
+                if hasher is not None:
+                    hasher.update(data)
+                pacer.consumed(len(data))
+                return data, (hasher.hexdigest() if hasher else None)
             while left is None or left > 0:
                 chunk = f.read(pacer.chunk_size if left is None else min(pacer.chunk_size, left))
                 if not chunk:
@@ -188,8 +198,32 @@ def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap:
             hold, and of no other.
     """
     check_size(path, entry)
-    data, sha = read_file(path, pacer, keep=not mmap, limit=entry.bytes, regular_only=True)
-    check_sha256(path, entry, sha)
+    pacer = pacer or Pacer()
+    if mmap or pacer.rate is not None or entry.bytes < _HASH_APART_BYTES:
+        # Paced reads hash each chunk as it arrives, in the time the pace leaves idle.
+        data, sha = read_file(path, pacer, keep=not mmap, limit=entry.bytes, regular_only=True)
+        check_sha256(path, entry, sha)
+        return _tensors(path, entry, data, mmap, device, expected)
+    # Unpaced: the hash runs on another core (hashlib releases the GIL) while the header
+    # is checked and the tensors are made; nothing leaves here before the hash matches.
+    data, _ = read_file(path, pacer, limit=entry.bytes, digest=False, regular_only=True)
+    with ThreadPoolExecutor(1, thread_name_prefix="pwl-sha256") as pool:
+        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        try:
+            tensors = _tensors(path, entry, data, mmap, device, expected)
+        except CheckpointError:
+            check_sha256(path, entry, digest.result())  # a corrupt file is named as such
+            raise
+        check_sha256(path, entry, digest.result())
+    return tensors
+
+
+def _tensors(path: Path, entry: FileEntry, data: bytes | None, mmap: bool,
+             device: torch.device | str,
+             expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]] | None
+             ) -> dict[str, torch.Tensor]:
+    """The tensors of a file after its header is checked (``data``: its bytes, or None to
+    read them through safetensors' memory map)."""
     if data is None:
         with open_regular(path) as f:
             prefix = f.read(8)
