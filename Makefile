@@ -12,7 +12,7 @@ FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test stress lint reproduce reproduce-seeds reproduce-all sweep-losses reproduce-cifar10 \
+.PHONY: help install data test stress lint reproduce reproduce-seeds reproduce-all plans sweep-losses reproduce-cifar10 \
         reproduce-cifar100 bench-train bench-load serve
 
 help: ## List the targets
@@ -59,9 +59,13 @@ reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS s
 	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) --results experiments/results/$(EXPERIMENT)_seeds \
 	  --runs runs/reproduce/$(EXPERIMENT)_seeds
 
-reproduce-all: install ## reproduce for the three architecture families (ResNet, VGG, ViT) on Fashion-MNIST
+reproduce-all: install ## reproduce (pwl, paper, kd) and plans for the three families (ResNet, VGG, ViT) on Fashion-MNIST
 	for e in fmnist_resnet_narrow fmnist_vgg fmnist_vit; do \
-	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd || exit 1; done
+	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd && \
+	  $(PY) experiments/plans.py --experiment $$e || exit 1; done
+
+plans: install ## All-mask table, loading plan and fp32/fp16/int8 bundles of EXPERIMENT's reproduce run
+	$(PY) experiments/plans.py --experiment $(EXPERIMENT)
 
 sweep-losses: install ## Multirun: alignment distances x cross-path modes on the default pair, then a report
 	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --only teacher
