@@ -132,17 +132,18 @@ def main() -> None:
     log: list[dict] = []
     previous = results / "plans.json"
     earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
-               } if previous.is_file() and not args.force else {}
+               if s["seconds"] is not None} if previous.is_file() and not args.force else {}
+    ledger = runs / "steps.json"
 
     step("plan", [*py, "pwl.plan", f"checkpoint={run}", f"out={results}"],
-         results / "plan.csv", log, args.force, earlier)
+         results / "plan.csv", log, args.force, earlier, ledger)
     bundles = {}
     for dtype in args.dtypes:
         bundles[dtype] = runs / f"bundle_{dtype}"
         step(f"export {dtype}", [*py, "pwl.export", f"checkpoint={run}", f"out={bundles[dtype]}",
                                  f"loading_order={results / 'plan.csv'}", f"dtype={dtype}",
                                  f"stages={test_stages}"],
-             bundles[dtype] / "manifest.json", log, args.force, earlier)
+             bundles[dtype] / "manifest.json", log, args.force, earlier, ledger)
     reference = bundles[args.dtypes[0]]
     rate = round(sum(bundle_bytes(reference)) / args.load_seconds)
     step("bench", [*py, "pwl.bench", f"bundle={reference}", "random_pair=false",
@@ -150,7 +151,7 @@ def main() -> None:
                    "curves.orders=[plan,prefix,suffix]",
                    f"curves.dtypes=[{','.join(args.dtypes)}]",
                    f"hydra.run.dir={results / 'bench'}"],
-         results / "bench" / "curves.csv", log, args.force, earlier)
+         results / "bench" / "curves.csv", log, args.force, earlier, ledger)
 
     summary = {"experiment": exp, "run": portable([str(run)]), "bandwidth_bytes_per_s": rate,
                "load_seconds": args.load_seconds, "steps": log}

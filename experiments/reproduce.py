@@ -34,6 +34,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from pwl.atomic import atomic_write_text
 from pwl.report import report
 from pwl.stages import read_stages
 
@@ -47,14 +48,24 @@ def portable(cmd: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def read_ledger(ledger: Path) -> dict[str, float]:
+    """Wall seconds by step name of the steps that finished in ``ledger``'s runs directory."""
+    return json.loads(ledger.read_text()) if ledger.is_file() else {}
+
+
 def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
-         earlier: dict[str, float]) -> None:
-    """Runs one step unless its output exists; a skipped step keeps its earlier wall time."""
+         earlier: dict[str, float], ledger: Path | None = None) -> None:
+    """Runs one step unless its output exists; a skipped step keeps its earlier wall time.
+
+    A finished step's time also goes to ``ledger`` (``steps.json`` in the runs
+    directory) at once, so an invocation that is stopped before its report still
+    hands its times to the one that resumes it.
+    """
     shown = portable(cmd)
     if done.exists() and not force:
         print(f"[{name}] done before ({done}); skipping", flush=True)
-        log.append({"step": name, "command": shown, "seconds": earlier.get(name),
-                    "skipped": True})
+        seconds = earlier.get(name, read_ledger(ledger).get(name) if ledger else None)
+        log.append({"step": name, "command": shown, "seconds": seconds, "skipped": True})
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
@@ -64,6 +75,9 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
     if result.returncode != 0:
         sys.exit(f"[{name}] failed with exit code {result.returncode}; fix it and run again "
                  "(finished steps are kept)")
+    if ledger is not None:
+        atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: round(seconds, 1)},
+                                             indent=2))
     print(f"[{name}] {seconds / 60:.1f} min", flush=True)
 
 
@@ -177,11 +191,12 @@ def main() -> None:
     log: list[dict] = []
     previous = results / "reproduce.json"
     earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
-               } if previous.is_file() and not args.force else {}
+               if s["seconds"] is not None} if previous.is_file() and not args.force else {}
+    ledger = runs / "steps.json"
 
     teacher = runs / "teacher"
     step("teacher", [*py, "pwl.train", "phase=teacher", *common, f"hydra.run.dir={teacher}"],
-         teacher / "teacher.safetensors", log, args.force, earlier)
+         teacher / "teacher.safetensors", log, args.force, earlier, ledger)
     if args.only == "teacher":
         return
     evals: dict[str, dict[str, list[Path]]] = {loss: {"val": [], "test": []}
@@ -194,13 +209,13 @@ def main() -> None:
             step(f"distill {name}", [*py, "pwl.train", "phase=distill", f"loss={loss}",
                                      f"seed={seed}", f"teacher={teacher}", "test=false",
                                      *common, f"hydra.run.dir={run}"],
-                 run / "hybrid.safetensors", log, args.force, earlier)
+                 run / "hybrid.safetensors", log, args.force, earlier, ledger)
             for split, orders in (("val", "[prefix]"), ("test", "[prefix,suffix,window]")):
                 out = run / f"eval_{split}"
                 step(f"evaluate {name} ({split})",
                      [*py, "pwl.evaluate", f"checkpoint={run}", f"split={split}",
                       f"orders={orders}", f"hydra.run.dir={out}"],
-                     out / "stages.csv", log, args.force, earlier)
+                     out / "stages.csv", log, args.force, earlier, ledger)
                 evals[loss][split].append(out)
     if args.only == "distill":
         return
@@ -208,7 +223,7 @@ def main() -> None:
     bundle = runs / "bundle"
     step("export", [*py, "pwl.export", f"checkpoint={first}", f"out={bundle}",
                     f"hydra.run.dir={runs / 'export'}"],
-         bundle / "manifest.json", log, args.force, earlier)
+         bundle / "manifest.json", log, args.force, earlier, ledger)
 
     start = time.perf_counter()
     pairs = [(loss, "kd") for loss in args.losses if loss != "kd" and "kd" in args.losses]

@@ -94,3 +94,22 @@ def test_reproduce_runs_every_step_then_resumes(tmp_path):
     trained = [s for s in again["steps"] if s["step"] != "report"]
     assert all(s["skipped"] for s in trained)
     assert [s["seconds"] for s in trained] == [s["seconds"] for s in summary["steps"][:-1]]
+
+
+def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_path):
+    ledger, done = tmp_path / "runs" / "steps.json", tmp_path / "out.txt"
+    touch = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
+    reproduce.step("teacher", touch, done, [], False, {}, ledger)
+    recorded = json.loads(ledger.read_text())["teacher"]
+    assert recorded >= 0
+
+    # The interrupted invocation wrote no reproduce.json: the next one reads the ledger.
+    log: list[dict] = []
+    reproduce.step("teacher", touch, done, log, False, {}, ledger)
+    assert log == [{"step": "teacher", "command": reproduce.portable(touch),
+                    "seconds": recorded, "skipped": True}]
+
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    with pytest.raises(SystemExit, match="exit code 3"):
+        reproduce.step("distill", failing, tmp_path / "never", [], False, {}, ledger)
+    assert set(json.loads(ledger.read_text())) == {"teacher"}
