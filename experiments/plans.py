@@ -150,7 +150,7 @@ def main() -> None:
                    f"bandwidths=[{rate}]", f"threads={args.threads}",
                    "curves.orders=[plan,prefix,suffix]",
                    f"curves.dtypes=[{','.join(args.dtypes)}]",
-                   f"hydra.run.dir={results / 'bench'}"],
+                   f"hydra.run.dir={results / 'bench'}", "hydra.output_subdir=null"],
          results / "bench" / "curves.csv", log, args.force, earlier, ledger)
 
     summary = {"experiment": exp, "run": portable([str(run)]), "bandwidth_bytes_per_s": rate,
