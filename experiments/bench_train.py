@@ -2,7 +2,7 @@
 
     python experiments/bench_train.py [--pairs default resnet vgg vit] [--modes random all_prefix]
                                       [--batch 128] [--rounds 5] [--steps 3] [--eval]
-                                      [--out experiments/results/bench_train]
+                                      [--levers] [--out experiments/results/bench_train]
 
 Training, per model pair and cross-path mode (``random``: one random mixed mask per
 step, ``loss=pwl``; ``all_prefix``: every prefix mask, ``loss=pwl_all``), four
@@ -20,6 +20,12 @@ The table gives images/s of the step, overhead = step / baseline, step / floor a
 the naive speed-up = naive / step. With ``--eval``, stage evaluation of every mask
 (``pwl.evaluate orders=[all]``) with the shared-prefix ``StageEvaluator`` is timed
 against one forward per mask from the input, with the blocks each runs.
+
+With ``--levers``, the speed switches of a run (``channels_last``, bf16 autocast as
+``trainer.precision=bf16-mixed`` applies it, and both, which is what the defaults give on a
+CPU with AVX512-BF16) are timed on the teacher's cross-entropy step and on the
+distillation step of each pair and mode, as ratios to plain fp32 in the same rounds
+(``levers.csv|json``). Each variant's first step is reported apart.
 
 Variants alternate within rounds so machine noise hits all of them alike; times are
 medians. Inputs are random tensors of the data's shape, so data loading is not
@@ -46,6 +52,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from pwl import speed
 from pwl.build import build_hybrid
 from pwl.config import to_dict
 from pwl.hybrid import HybridNet
@@ -133,6 +140,27 @@ class TrainRow:
     step_masks: list[list[str]]
     naive_masks: list[list[str]]
     floor_masks: list[list[str]]
+
+
+@dataclass
+class LeverRow:
+    """One (pair, mode, lever) of the levers benchmark: medians in ms per step, and ratios
+    to the plain fp32 variant timed in the same rounds (below 1: the lever is faster).
+
+    ``first_*_ms`` is the variant's first step (kernel selection and allocation included).
+    """
+
+    pair: str
+    mode: str
+    lever: str
+    batch: int
+    timed_steps: int
+    teacher_step_ms: float
+    distill_step_ms: float
+    teacher_vs_fp32: float
+    distill_vs_fp32: float
+    first_teacher_ms: float
+    first_distill_ms: float
 
 
 @dataclass
@@ -303,6 +331,93 @@ def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
         step_masks=masks["step"], naive_masks=masks["naive"], floor_masks=masks["floor"])
 
 
+# Speed switches timed by --levers, as a run turns them on: pwl.speed for the layout,
+# autocast as Lightning's bf16-mixed precision plugin applies it.
+LEVERS: dict[str, dict[str, bool]] = {
+    "fp32": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"bf16": True},
+    "channels_last+bf16": {"channels_last": True, "bf16": True},
+}
+
+
+class LeverVariant:
+    """A teacher module and a distillation module of one pair with one lever turned on.
+
+    Both start from the same seed, so every variant trains the same weights."""
+
+    def __init__(self, cfg: DictConfig, lever: str, seed: int) -> None:
+        switches = LEVERS[lever]
+        self.bf16 = switches.get("bf16", False)
+        torch.manual_seed(seed)
+        self.distill = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
+        self.distill.hybrid.train()
+        self.teacher = self.distill.hybrid.teacher
+        # The teacher phase trains a teacher of its own: a copy, so its steps leave the
+        # distillation's frozen teacher alone.
+        torch.manual_seed(seed)
+        self.teacher_net = build_hybrid(to_dict(cfg.model)).teacher.train()
+        self.teacher_net.requires_grad_(True)
+        if switches.get("channels_last", False):
+            speed.use_channels_last(self.distill)
+            speed.use_channels_last(self.teacher_net)
+        self.distill_opt = torch.optim.SGD(
+            [p for p in self.distill.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        self.teacher_opt = torch.optim.SGD(self.teacher_net.parameters(), lr=1e-3,
+                                           momentum=0.9)
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def teacher_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        start = time.perf_counter()
+        with self.autocast():
+            loss = F.cross_entropy(self.teacher_net(x), y)
+        self.teacher_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.teacher_opt.step()
+        return time.perf_counter() - start
+
+    def distill_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        start = time.perf_counter()
+        with self.autocast():
+            total, _ = self.distill.loss(self.distill.distill_outputs(x, y))
+        self.distill_opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.distill_opt.step()
+        return time.perf_counter() - start
+
+
+def bench_levers(pair: str, mode: str, batch: int, rounds: int, steps: int,
+                 levers: Sequence[str] = tuple(LEVERS), seed: int = 0) -> list[LeverRow]:
+    """Times the teacher step and the distillation step of ``pair`` with each lever,
+    alternating the variants within rounds; ratios are to ``fp32``."""
+    cfg = compose_pair(pair, MODES[mode])
+    levers = ["fp32", *(lever for lever in levers if lever != "fp32")]
+    variants = {lever: LeverVariant(cfg, lever, seed) for lever in levers}
+    x, y = random_batch(cfg, batch)
+    first = {lever: (v.teacher_step(x, y), v.distill_step(x, y))
+             for lever, v in variants.items()}
+    times = {lever: {"teacher": [], "distill": []} for lever in levers}
+    for r in range(rounds):
+        for lever, variant in variants.items():
+            for s in range(steps):
+                times[lever]["teacher"].append(variant.teacher_step(x, y))
+            for s in range(steps):
+                torch.manual_seed(step_seed(seed, r, s, steps))
+                times[lever]["distill"].append(variant.distill_step(x, y))
+    base = times["fp32"]
+    rows = []
+    for lever in levers:
+        t, d = ms(times[lever]["teacher"]), ms(times[lever]["distill"])
+        rows.append(LeverRow(
+            pair=pair, mode=mode, lever=lever, batch=batch, timed_steps=rounds * steps,
+            teacher_step_ms=t, distill_step_ms=d, teacher_vs_fp32=t / ms(base["teacher"]),
+            distill_vs_fp32=d / ms(base["distill"]), first_teacher_ms=first[lever][0] * 1e3,
+            first_distill_ms=first[lever][1] * 1e3))
+    return rows
+
+
 def naive_eval(hybrid: HybridNet, masks: Sequence[str], x: torch.Tensor,
                y: torch.Tensor) -> torch.Tensor:
     """Correct answers per mask, one forward from the input per mask."""
@@ -348,7 +463,7 @@ def scalar_columns(row_type: type) -> list[str]:
     return [f.name for f in fields(row_type) if f.type in ("str", "int", "float")]
 
 
-def write_rows(rows: Sequence[TrainRow | EvalRow], row_type: type, stem: Path,
+def write_rows(rows: Sequence[TrainRow | EvalRow | LeverRow], row_type: type, stem: Path,
                meta: dict[str, Any]) -> list[Path]:
     """Writes ``<stem>.csv`` (scalar columns) and ``<stem>.json`` (meta and whole rows)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +485,17 @@ def train_table(rows: Sequence[TrainRow]) -> Table:
     for r in rows:
         table.add_row(r.pair, r.mode, f"{r.images_per_s:.1f}", f"{r.overhead:.2f}x",
                       f"{r.step_over_floor:.2f}", f"{r.naive_speedup:.2f}x")
+    return table
+
+
+def lever_table(rows: Sequence[LeverRow]) -> Table:
+    table = Table(title="speed switches, ratio to fp32 in the same rounds (below 1: faster)")
+    for col in ("pair", "mode", "lever", "teacher step", "distill step", "first steps ms"):
+        table.add_column(col, justify="left" if col in ("pair", "mode", "lever") else "right")
+    for r in rows:
+        table.add_row(r.pair, r.mode, r.lever, f"{r.teacher_vs_fp32:.2f}",
+                      f"{r.distill_vs_fp32:.2f}",
+                      f"{r.first_teacher_ms:.0f} / {r.first_distill_ms:.0f}")
     return table
 
 
@@ -398,6 +524,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     section = parser.add_mutually_exclusive_group()
     section.add_argument("--eval", action="store_true", help="also time stage evaluation")
     section.add_argument("--eval-only", action="store_true", help="time stage evaluation only")
+    parser.add_argument("--levers", nargs="*", choices=list(LEVERS), default=None,
+                        help="also time the speed switches (no names: all of them)")
+    parser.add_argument("--levers-only", action="store_true", help="time the speed switches "
+                        "only (those of --levers, else all)")
     parser.add_argument("--eval-pairs", nargs="+", choices=list(PAIRS),
                         default=["default", "resnet"])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -415,7 +545,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list]:
         argv: command-line arguments (None: ``sys.argv``).
 
     Returns:
-        ``{"train": [TrainRow, ...], "eval": [EvalRow, ...]}`` (a section not run is empty).
+        ``{"train": [TrainRow, ...], "eval": [EvalRow, ...], "levers": [LeverRow, ...]}``
+        (a section not run is empty).
     """
     args = parse_args(argv)
     console = Console()
@@ -424,9 +555,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list]:
             "machine": platform.machine(), "processor": platform.processor()}
     console.print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
                   f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    results: dict[str, list] = {"train": [], "eval": []}
+    results: dict[str, list] = {"train": [], "eval": [], "levers": []}
     written: list[Path] = []
-    if not args.eval_only:
+    if args.levers_only and args.levers is None:
+        args.levers = []
+    if args.levers is not None and not args.eval_only:
+        for pair in args.pairs:
+            for mode in args.modes:
+                results["levers"] += bench_levers(pair, mode, args.batch, args.rounds,
+                                                  args.steps, args.levers or tuple(LEVERS),
+                                                  args.seed)
+        console.print(lever_table(results["levers"]))
+        written += write_rows(results["levers"], LeverRow, args.out / "levers", meta)
+    if not (args.eval_only or args.levers_only):
         for pair in args.pairs:
             for mode in args.modes:
                 row = bench_train(pair, mode, args.batch, args.rounds, args.steps, args.seed)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, StrictBool, ValidationError, field_validator
 
 from pwl.config import OpenSchema, parse_bandwidth, problems_of
 from pwl.data.registry import data_entry_of
@@ -109,6 +109,7 @@ class Train(OpenSchema):
     loss: Loss | None = None
     trainer: Trainer
     callbacks: Callbacks | None = None
+    channels_last: StrictBool = True
 
 
 class Evaluate(OpenSchema):

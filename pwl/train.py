@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from pwl import speed
 from pwl.cli import CONF_DIR, finish_wandb, user_errors_as_one_line
 from pwl.config import instantiate_as, to_dict
 from pwl.errors import ConfigError
@@ -90,10 +91,16 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
+    if cfg.get("channels_last", False):
+        speed.use_channels_last(module)
     callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers = _instantiate_all(cfg.get("logger"))
+    precision, chosen = speed.resolve_precision(cfg.trainer.get("precision", speed.FULL),
+                                                cfg.trainer.get("accelerator", "auto"))
+    if chosen:
+        rank_zero_info(chosen)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks,
-                                                 logger=loggers or False)
+                                                 logger=loggers or False, precision=precision)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
