@@ -401,8 +401,7 @@ def bench_levers(pair: str, mode: str, batch: int, rounds: int, steps: int,
     times = {lever: {"teacher": [], "distill": []} for lever in levers}
     for r in range(rounds):
         for lever, variant in variants.items():
-            for s in range(steps):
-                times[lever]["teacher"].append(variant.teacher_step(x, y))
+            times[lever]["teacher"] += [variant.teacher_step(x, y) for _ in range(steps)]
             for s in range(steps):
                 torch.manual_seed(step_seed(seed, r, s, steps))
                 times[lever]["distill"].append(variant.distill_step(x, y))

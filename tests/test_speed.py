@@ -1,4 +1,5 @@
-"""Speed switches (pwl.speed): same maths and same files, only layout and compiling change."""
+"""Speed switches (pwl.speed): the layout changes, the answers and the saved files do not;
+precision auto picks bf16 only where the hardware computes it."""
 
 import logging
 
@@ -11,7 +12,6 @@ from pwl.checkpoint import load_hybrid
 from pwl.errors import ConfigError
 from pwl.train import train
 from tests.conftest import model_cfg, tiny_hybrid, tiny_train_cfg
-
 
 CFG = model_cfg("resnet_narrow")
 
