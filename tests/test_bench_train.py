@@ -94,3 +94,33 @@ def test_the_evaluation_table_counts_the_blocks_each_variant_runs(run):
     # N=4, all 16 masks: the shared prefixes are the trie's 2 + 4 + 8 + 16 nodes, while
     # one forward per mask runs 16 x 4 blocks.
     assert (row.masks, row.block_runs, row.naive_block_runs) == (16, 30, 64)
+
+
+def test_the_levers_table_times_each_switch_against_fp32_of_the_same_rounds(tmp_path):
+    results = bench.main(["--pairs", "default", "--modes", "random", "--batch", "4",
+                          "--rounds", "1", "--steps", "1", "--levers", "channels_last", "bf16",
+                          "--levers-only", "--out", str(tmp_path)])
+    assert results["train"] == [] and results["eval"] == []
+    rows = results["levers"]
+    assert [r.lever for r in rows] == ["fp32", "channels_last", "bf16"]   # fp32 always first
+    fp32 = rows[0]
+    assert fp32.teacher_vs_fp32 == fp32.distill_vs_fp32 == 1.0
+    for r in rows[1:]:
+        assert r.teacher_vs_fp32 == pytest.approx(r.teacher_step_ms / fp32.teacher_step_ms)
+        assert r.distill_vs_fp32 == pytest.approx(r.distill_step_ms / fp32.distill_step_ms)
+    columns, saved = read_csv(tmp_path / "levers.csv")
+    assert columns[:3] == ["pair", "mode", "lever"] and len(saved) == 3
+    for row in saved:
+        assert_positive_numbers(row, columns[3:])
+
+
+def test_a_lever_variant_trains_the_same_model_as_fp32():
+    cfg = bench.compose_pair("default", "pwl")
+    plain = bench.LeverVariant(cfg, "fp32", seed=0)
+    nhwc = bench.LeverVariant(cfg, "channels_last", seed=0)
+    for a, b in ((plain.distill, nhwc.distill), (plain.teacher_net, nhwc.teacher_net)):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+    kernels = [p for p in nhwc.teacher_net.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    assert nhwc.teacher_net is not nhwc.distill.hybrid.teacher   # its steps leave the frozen one

@@ -370,3 +370,33 @@ def test_cross_path_weighs_kl_and_ce_per_mask():
     assert CrossPath("all_prefix", "ce")(step).item() == pytest.approx(math.log(2))
     with pytest.raises(ConfigError, match="ce_weight"):
         CrossPath(ce_weight=-1)
+
+
+def test_sync_and_recon_share_one_teacher_to_student_conversion_with_the_same_gradients():
+    torch.manual_seed(0)
+    hybrid, shape = make_hybrid()
+    terms = [FeatureSync(), FeatureRecon()]
+    params = [*hybrid.student.parameters(), *hybrid.adapters.parameters()]
+    torch.manual_seed(1)
+    shared = step_outputs(hybrid, shape)
+    torch.manual_seed(1)
+    apart = step_outputs(hybrid, shape)
+
+    calls = []
+    convert = hybrid.convert
+    hybrid.convert = lambda i, x, to: calls.append((i, to)) or convert(i, x, to)
+    total = sum(term(shared) for term in terms)
+    shared_grads = torch.autograd.grad(total, params, allow_unused=True)
+    # Three boundaries: to_S(t_i) once for both terms, to_T(to_S(t_i)), to_T(s_i) for sync,
+    # and the student round trip's two: 5 conversions per boundary instead of 6.
+    assert len(calls) == 3 * 5 and calls.count((0, "S")) == 2
+
+    # The same terms with each asking for its own conversion, as before the memo.
+    apart.teacher_to_student = lambda i: convert(i, apart.teacher_feats[i].detach(), "S")
+    reference = sum(term(apart) for term in terms)
+    apart_grads = torch.autograd.grad(reference, params, allow_unused=True)
+    torch.testing.assert_close(total, reference)
+    for a, b in zip(shared_grads, apart_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

@@ -212,6 +212,33 @@ def test_saved_weights_are_the_best_on_validation_without_a_test(tmp_path):
     assert all(torch.equal(saved[k], expected[k]) for k in saved)
 
 
+class _ValAccByEpoch(L.Callback):
+    """The student's val/acc and the checkpoint callback's monitor after each validation."""
+
+    def __init__(self):
+        self.val_acc, self.monitor = [], None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.monitor = trainer.checkpoint_callback.monitor
+        self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
+
+
+@pytest.mark.parametrize(("loss", "monitor"), [("kd", "val/acc"), ("ce", "val/acc"),
+                                               ("pwl", "stages/prefix_auc")])
+def test_baselines_choose_their_checkpoint_on_the_student_and_pwl_on_the_prefix_curve(
+        tmp_path, loss, monitor):
+    teacher = _train_teacher(tmp_path / "teacher")
+    probe = _ValAccByEpoch()
+    train(tiny_train_cfg(tmp_path / "distill", "phase=distill", f"teacher={teacher}",
+                         f"loss={loss}", "test=false", "epochs.distill=3",
+                         "trainer.limit_train_batches=2", "optim.optimizer.lr=0.5"),
+          extra_callbacks=[probe])
+    assert probe.monitor == monitor
+    if loss != "pwl":
+        (best,) = (tmp_path / "distill" / "checkpoints").glob("epoch*.ckpt")
+        assert int(best.stem.removeprefix("epoch")) == probe.val_acc.index(max(probe.val_acc))
+
+
 def test_scheduler_min_lr_is_the_floor_of_every_group():
     from pwl.lit.optim import build_optimizer, build_scheduler
 

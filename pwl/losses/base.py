@@ -35,6 +35,7 @@ class DistillOutputs:
     teacher_feats: list[torch.Tensor]
     student_feats: list[torch.Tensor]
     _mixed: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _to_student: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def num_blocks(self) -> int:
@@ -50,6 +51,15 @@ class DistillOutputs:
 
     def feats(self, who: str) -> list[torch.Tensor]:
         return self.teacher_feats if who == "T" else self.student_feats
+
+    def teacher_to_student(self, boundary: int) -> torch.Tensor:
+        """``to_S(t_i)``: the teacher's (fixed) feature after block ``boundary`` in the
+        student's space. Memoised per step: the sync and reconstruction terms share one
+        adapter forward, and its backward runs once for both."""
+        if boundary not in self._to_student:
+            t = self.teacher_feats[boundary].detach()
+            self._to_student[boundary] = self.hybrid.convert(boundary, t, "S")
+        return self._to_student[boundary]
 
     def mixed_logits(self, mask: str) -> torch.Tensor:
         """Logits of ``mask``, continuing from the cached feature before its first switch.

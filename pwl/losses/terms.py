@@ -93,7 +93,7 @@ class FeatureSync(LossTerm):
             s, t = outputs.student_feats[i], outputs.teacher_feats[i].detach()
             loss = s.new_zeros(())
             if self.directions in ("both", "to_student"):
-                loss = loss + self.distance(s, hybrid.convert(i, t, "S"))
+                loss = loss + self.distance(s, outputs.teacher_to_student(i))
             if self.directions in ("both", "to_teacher"):
                 loss = loss + self.distance(t, hybrid.convert(i, s, "T"))
             losses.append(loss)
@@ -142,7 +142,7 @@ class FeatureRecon(LossTerm):
             s = outputs.student_feats[i]
             if self.detach_student:
                 s = s.detach()
-            t_round_trip = hybrid.convert(i, hybrid.convert(i, t, "S"), "T")
+            t_round_trip = hybrid.convert(i, outputs.teacher_to_student(i), "T")
             s_round_trip = hybrid.convert(i, hybrid.convert(i, s, "T"), "S")
             losses.append(self.distance(t_round_trip, t) + self.distance(s_round_trip, s))
         if not losses:
