@@ -25,7 +25,8 @@ With ``--levers``, the speed switches of a run (``channels_last``, bf16 autocast
 ``trainer.precision=bf16-mixed`` applies it, and both, which is what the defaults give on a
 CPU with AVX512-BF16) are timed on the teacher's cross-entropy step and on the
 distillation step of each pair and mode, as ratios to plain fp32 in the same rounds
-(``levers.csv|json``). Each variant's first step is reported apart.
+(``levers.csv|json``), on the first of ``--modes``. Each variant's first step is reported
+apart.
 
 Variants alternate within rounds so machine noise hits all of them alike; times are
 medians. Inputs are random tensors of the data's shape, so data loading is not
@@ -559,11 +560,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list]:
     if args.levers_only and args.levers is None:
         args.levers = []
     if args.levers is not None and not args.eval_only:
+        # One mode: the switches act on the same kernels in both, and loss=pwl trains random.
         for pair in args.pairs:
-            for mode in args.modes:
-                results["levers"] += bench_levers(pair, mode, args.batch, args.rounds,
-                                                  args.steps, args.levers or tuple(LEVERS),
-                                                  args.seed)
+            results["levers"] += bench_levers(pair, args.modes[0], args.batch, args.rounds,
+                                              args.steps, args.levers or tuple(LEVERS),
+                                              args.seed)
         console.print(lever_table(results["levers"]))
         written += write_rows(results["levers"], LeverRow, args.out / "levers", meta)
     if not (args.eval_only or args.levers_only):

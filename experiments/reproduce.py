@@ -21,16 +21,12 @@ receives the report, ``reproduce.json`` (commands, wall times, checks) and
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import platform
-import runpy
 import shlex
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -50,69 +46,6 @@ def portable(cmd: list[str]) -> str:
     root = f"{ROOT}/"
     words = ["python" if c == sys.executable else c.replace(root, "") for c in cmd]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def _run_forked(module: str, args: list[str]) -> int:
-    """Runs ``python -m <module> <args>`` in a forked child of this process; its exit code.
-
-    The child starts with this process's imports, so a step does not import torch,
-    Lightning, timm and Hydra again (about 6 s per step on a 2-core machine). It runs
-    the module as ``__main__`` with its own ``sys.argv`` in the repository root, as the
-    command line would.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 1
-        try:
-            os.chdir(ROOT)
-            sys.argv = [module, *args]
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, int | None):
-                print(e.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except KeyboardInterrupt:  # Ctrl-C reaches the child too; let it finish stopping
-        os.waitpid(pid, 0)
-        raise
-    return os.waitstatus_to_exitcode(status)
-
-
-# Entry points a step may run in a forked child (see ``run_command``), imported once.
-FORKED_APPS = ("pwl.train", "pwl.evaluate", "pwl.export", "pwl.plan", "pwl.bench")
-
-
-def can_fork() -> bool:
-    """Steps run in forked children where the OS forks and no GPU is visible (a CUDA
-    context cannot cross a fork, and GPU steps are long enough not to notice imports);
-    ``PWL_REPRODUCE_FORK=0`` turns it off."""
-    if os.environ.get("PWL_REPRODUCE_FORK", "1") == "0" or not hasattr(os, "fork"):
-        return False
-    return not torch.cuda.is_available()
-
-
-def run_command(cmd: list[str]) -> int:
-    """Runs one step's command; returns its exit code.
-
-    ``python -m pwl.<app> ...`` (an app of ``FORKED_APPS``) runs in a forked child
-    (``_run_forked``) where ``can_fork()``; any other command, and every command
-    elsewhere, runs as a subprocess.
-    """
-    if len(cmd) >= 3 and cmd[:2] == [sys.executable, "-m"] and cmd[2] in FORKED_APPS \
-            and can_fork():
-        importlib.import_module(cmd[2])  # once: every later child inherits it
-        return _run_forked(cmd[2], cmd[3:])
-    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 def read_ledger(ledger: Path) -> dict[str, float]:
@@ -136,7 +69,7 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
-    returncode = run_command(cmd)
+    returncode = subprocess.run(cmd, cwd=ROOT).returncode
     seconds = time.perf_counter() - start
     log.append({"step": name, "command": shown, "seconds": round(seconds, 1), "skipped": False})
     if returncode != 0:

@@ -114,26 +114,3 @@ def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_
         reproduce.step("distill", failing, tmp_path / "never", [], False, {}, ledger)
     assert set(json.loads(ledger.read_text())) == {"teacher"}
 
-
-def test_an_app_step_runs_in_a_forked_child_and_hands_back_its_exit_code(tmp_path,
-                                                                          monkeypatch, capfd):
-    def no_subprocess(*args, **kwargs):
-        raise AssertionError("a pwl app step must not start a new interpreter")
-
-    monkeypatch.setattr(reproduce.subprocess, "run", no_subprocess)
-    monkeypatch.setattr(reproduce, "can_fork", lambda: True)
-    missing = tmp_path / "no_run"
-    # A user error in the child: its one-line message and exit code 2 come back.
-    assert reproduce.run_command([sys.executable, "-m", "pwl.evaluate",
-                                  f"checkpoint={missing}"]) == 2
-    assert str(missing) in capfd.readouterr().err
-    assert reproduce.run_command([sys.executable, "-m", "pwl.evaluate", "--help"]) == 0
-    assert "evaluate is powered by Hydra" in capfd.readouterr().out
-
-
-def test_steps_run_as_subprocesses_when_forking_is_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("PWL_REPRODUCE_FORK", "0")
-    assert not reproduce.can_fork()
-    done = tmp_path / "out.txt"
-    code = reproduce.run_command([sys.executable, "-c", f"open({str(done)!r}, 'w').close()"])
-    assert code == 0 and done.is_file()
