@@ -239,6 +239,24 @@ def test_baselines_choose_their_checkpoint_on_the_student_and_pwl_on_the_prefix_
         assert int(best.stem.removeprefix("epoch")) == probe.val_acc.index(max(probe.val_acc))
 
 
+class _FallingScore(L.Callback):
+    """Logs a score that is best at epoch 0 and worse after, as a monitor that stops improving."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.log("probe/score", -float(trainer.current_epoch))
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_the_monitor_stopped_improving(tmp_path):
+    run = tmp_path / "teacher"
+    train(tiny_train_cfg(run, "phase=teacher", "epochs.teacher=3", "monitor=probe/score",
+                         "trainer.limit_train_batches=2", "test=false"),
+          extra_callbacks=[_FallingScore()])
+    best = sorted(p.name for p in (run / "checkpoints").glob("epoch*.ckpt"))
+    assert best == ["epoch000.ckpt"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2   # what ckpt_path= resumes from: the last epoch, not the best
+
+
 def test_scheduler_min_lr_is_the_floor_of_every_group():
     from pwl.lit.optim import build_optimizer, build_scheduler
 
