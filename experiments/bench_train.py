@@ -54,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pwl import speed
-from pwl.build import build_hybrid
+from pwl.build import build_hybrid, build_teacher
 from pwl.config import to_dict
 from pwl.hybrid import HybridNet
 from pwl.lit import DistillModule
@@ -353,11 +353,10 @@ class LeverVariant:
         torch.manual_seed(seed)
         self.distill = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
         self.distill.hybrid.train()
-        self.teacher = self.distill.hybrid.teacher
         # The teacher phase trains a teacher of its own: a copy, so its steps leave the
         # distillation's frozen teacher alone.
         torch.manual_seed(seed)
-        self.teacher_net = build_hybrid(to_dict(cfg.model)).teacher.train()
+        self.teacher_net = build_teacher(to_dict(cfg.model)).train()
         self.teacher_net.requires_grad_(True)
         if switches.get("channels_last", False):
             speed.use_channels_last(self.distill)

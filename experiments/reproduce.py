@@ -69,11 +69,11 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
-    returncode = subprocess.run(cmd, cwd=ROOT).returncode
+    result = subprocess.run(cmd, cwd=ROOT)
     seconds = time.perf_counter() - start
     log.append({"step": name, "command": shown, "seconds": round(seconds, 1), "skipped": False})
-    if returncode != 0:
-        sys.exit(f"[{name}] failed with exit code {returncode}; fix it and run again "
+    if result.returncode != 0:
+        sys.exit(f"[{name}] failed with exit code {result.returncode}; fix it and run again "
                  "(finished steps are kept)")
     if ledger is not None:
         atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: round(seconds, 1)},

@@ -109,7 +109,7 @@ class Train(OpenSchema):
     loss: Loss | None = None
     trainer: Trainer
     callbacks: Callbacks | None = None
-    channels_last: StrictBool = True
+    channels_last: StrictBool = False  # conf/train.yaml sets true; absent (older saved configs): off
 
 
 class Evaluate(OpenSchema):

@@ -4,11 +4,13 @@
 NHWC, the layout oneDNN and cuDNN run fastest. ``trainer.precision=auto`` (the default
 of ``trainer=cpu``) becomes Lightning's ``bf16-mixed`` where the hardware computes bf16
 natively (a GPU that supports it; a CPU with AVX512-BF16 or AMX) and ``32-true``
-elsewhere, where bf16 would be emulated and slower. Weights, optimizer state, stage
-evaluation and exported bundles stay fp32 either way.
+elsewhere, where bf16 would be emulated and slower. Weights, optimizer state, saved files,
+``pwl.evaluate`` and bundles stay fp32 either way; validation and the stage curves logged
+while training run under the training autocast.
 
-``make bench-train`` measures each switch against plain fp32 (``--levers``); the README
-gives the numbers, including ``torch.compile``, which was measured and did not pay.
+``make bench-train`` measures each switch against plain fp32 (its ``--levers`` section);
+``experiments/results/bench_train/`` has the numbers, and those of ``torch.compile``, which
+was measured and did not pay.
 """
 
 from __future__ import annotations

@@ -113,4 +113,3 @@ def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_
     with pytest.raises(SystemExit, match="exit code 3"):
         reproduce.step("distill", failing, tmp_path / "never", [], False, {}, ledger)
     assert set(json.loads(ledger.read_text())) == {"teacher"}
-
