@@ -66,7 +66,10 @@ def _rows_without_timing(path):
 def test_a_distillation_killed_mid_epoch_resumes_from_last_ckpt(tmp_path, teacher):
     run = tmp_path / "distill"
     last = run / "checkpoints" / "last.ckpt"
-    proc = _start(_distill_args(run, teacher, 3), tmp_path)
+    # Four times the data of the other runs: an epoch takes well over the half second
+    # the kill waits, on any machine this suite runs on.
+    longer = "data.num_train=2048"
+    proc = _start(_distill_args(run, teacher, 3, longer), tmp_path)
     _wait_for(last.is_file, proc)
     # Epoch 0 ended (its checkpoint exists); a moment later epoch 1 is under way.
     time.sleep(0.5)
@@ -76,7 +79,8 @@ def test_a_distillation_killed_mid_epoch_resumes_from_last_ckpt(tmp_path, teache
     assert not (run / "hybrid.safetensors").exists()
     assert _epochs_in(run / "stages.csv") == [0]  # killed before epoch 1 ended
 
-    resumed = run_module(*_distill_args(run, teacher, 3, f"ckpt_path={last}"), cwd=tmp_path)
+    resumed = run_module(*_distill_args(run, teacher, 3, longer, f"ckpt_path={last}"),
+                         cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _epochs_in(run / "stages.csv") == [0, 1, 2]
     hybrid, _ = load_hybrid(run)
