@@ -25,6 +25,7 @@ problem it finds in one error.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import stat
 from collections.abc import Mapping
@@ -134,25 +135,31 @@ def name_problem(bundle: Path, rel: str) -> str | None:
     A name must be relative, normalised and inside the bundle, and name a regular
     file that is not a symbolic link (nor reached through one).
     """
+    return _checked_stat(bundle, rel)[0]
+
+
+def _checked_stat(bundle: Path, rel: str) -> tuple[str | None, os.stat_result | None]:
+    """``name_problem`` of ``rel``, and the file's own ``lstat`` (None if it is missing
+    or a problem was found), so the layout check needs no second system call."""
     if (not rel or "\\" in rel or "\x00" in rel or rel.startswith("/")
             or posixpath.normpath(rel) != rel or rel.split("/")[0] == ".."):
         return (f"{bundle / MANIFEST}: file name {rel[:80]!r} is not a normalised relative "
-                f"path inside the bundle; {FIX}")
-    path = bundle
+                f"path inside the bundle; {FIX}"), None
+    path = os.fspath(bundle)
     for part in rel.split("/"):
-        path = path / part
+        path = os.path.join(path, part)
         try:
-            mode = path.lstat().st_mode
+            info = os.lstat(path)
         except FileNotFoundError:
-            return None  # reported as missing by the layout check
+            return None, None  # reported as missing by the layout check
         except OSError as e:
-            return f"cannot read {path}: {e}"
-        if stat.S_ISLNK(mode):
+            return f"cannot read {path}: {e}", None
+        if stat.S_ISLNK(info.st_mode):
             return (f"{path} is a symbolic link; a bundle holds regular files only, copy "
-                    "the file into the bundle")
-    if not stat.S_ISREG(mode):
-        return f"{path} is not a regular file; a bundle holds regular files only, {FIX}"
-    return None
+                    "the file into the bundle"), None
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file; a bundle holds regular files only, {FIX}", None
+    return None, info
 
 
 def schema_problems(bundle: Path, manifest: Any) -> list[str]:
@@ -179,7 +186,8 @@ def layout_problems(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
     path = bundle / MANIFEST
     n = manifest["num_blocks"]
     files = manifest["files"]
-    problems = [p for rel in sorted(files) if (p := name_problem(bundle, rel))]
+    checked = {rel: _checked_stat(bundle, rel) for rel in sorted(files)}
+    problems = [p for p, _ in checked.values() if p]
     side = side_files(manifest)
     problems += [f"{path} lists no {rel}; {FIX}" for rel in sorted(side - set(files))]
     expected = {teacher_block_file(i) for i in range(n)}
@@ -189,17 +197,20 @@ def layout_problems(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
     problems += [f"{bundle / rel} is listed in the manifest, which says N={n}; {FIX}"
                  for rel in sorted(listed - expected)]
     teacher_dir = bundle / "teacher"
-    on_disk = ({p.relative_to(bundle).as_posix() for p in teacher_dir.glob("block_*.safetensors")}
+    on_disk = ({f"teacher/{name}" for name in os.listdir(teacher_dir)
+                if name.startswith("block_") and name.endswith(".safetensors")}
                if teacher_dir.is_dir() and not teacher_dir.is_symlink() else set())
     problems += [f"{bundle / rel} is in the bundle but the manifest says N={n}; remove it or "
                  "re-export the bundle" for rel in sorted(on_disk - expected)]
     for rel in sorted(set(files) & (expected | side)):
-        file = bundle / rel
-        if not file.is_file():
-            problems.append(f"{file} is missing; the bundle's manifest lists it. Re-export "
-                            "the bundle with `python -m pwl.export`")
-        elif (size := file.stat().st_size) != files[rel]["bytes"]:
-            problems.append(f"{file} has {size} bytes but the manifest says "
+        problem, info = checked[rel]
+        if problem:
+            continue  # reported above
+        if info is None:
+            problems.append(f"{bundle / rel} is missing; the bundle's manifest lists it. "
+                            "Re-export the bundle with `python -m pwl.export`")
+        elif info.st_size != files[rel]["bytes"]:
+            problems.append(f"{bundle / rel} has {info.st_size} bytes but the manifest says "
                             f"{files[rel]['bytes']}; the file is truncated or replaced, {FIX}")
     try:
         loading_masks(manifest["loading_order"], n)

@@ -203,8 +203,11 @@ def expected_of(parts: Sequence[tuple[nn.Module, str]]
     """
     expected = {}
     for module, prefix in parts:
-        tensors = {**dict(module.named_buffers()), **module.state_dict()}
-        expected.update({prefix + k: (tuple(v.shape), v.dtype) for k, v in tensors.items()})
+        # Every parameter and buffer (persistent or not), tied ones under each name, as
+        # state_dict lists them, without its per-tensor detach.
+        for named in (module.named_parameters(remove_duplicate=False),
+                      module.named_buffers(remove_duplicate=False)):
+            expected.update({prefix + k: (tuple(v.shape), v.dtype) for k, v in named})
     return expected
 
 

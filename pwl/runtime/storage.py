@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -241,11 +241,12 @@ def _tensors(path: Path, entry: FileEntry, data: bytes | None, mmap: bool,
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); "
                               "re-export the bundle") from None
+    if torch.device(device).type == "cpu":
+        return tensors  # where safetensors made them: no per-tensor call
     return {k: v.to(device) for k, v in tensors.items()}
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     """One tensor as a safetensors header describes it (offsets into the data section)."""
 
     dtype: str
@@ -271,8 +272,16 @@ def _bad(path: Path, what: str) -> CheckpointError:
                            "re-export the bundle")
 
 
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+
 def _ints(value: object) -> bool:
-    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+    if type(value) is not list:
+        return False
+    for v in value:
+        if type(v) is not int or v < 0:
+            return False
+    return True
 
 
 def parse_header(head: bytes, file_size: int, path: Path) -> dict[str, TensorInfo]:
@@ -303,7 +312,7 @@ def parse_header(head: bytes, file_size: int, path: Path) -> dict[str, TensorInf
             if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
                 raise _bad(path, "__metadata__ is not a map of strings")
             continue
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        if not isinstance(info, dict) or info.keys() != _ENTRY_KEYS:
             raise _bad(path, f"entry {name[:80]!r} is not {{dtype, shape, data_offsets}}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in SAFETENSORS_DTYPES:
