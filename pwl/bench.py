@@ -193,16 +193,18 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
                    "teacher_ckpt": target.ckpt_file.stat().st_size,
                    STUDENT_ALONE: target.student_file.stat().st_size,
                    "bundle": manifest["files"][STUDENT_FILE]["bytes"]}
-    results = {}
-    for variant in VARIANTS:
-        runs = []
-        for _ in range(repeats):
+    # Variants alternate within each round, so a drift of the machine over the minutes
+    # a target takes hits every variant alike instead of whichever ran last.
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+    for _ in range(repeats):
+        for variant in VARIANTS:
             if cold:
                 evict(target.files(variant))
-            runs.append(run_variant({"variant": variant, "path": str(target.path(variant)),
-                                     "model_cfg": target.model_cfg, "bandwidth": rate,
-                                     "mmap": mmap, "full": full, "threads": threads}))
-        results[variant] = _median_run(runs)
+            runs[variant].append(run_variant({
+                "variant": variant, "path": str(target.path(variant)),
+                "model_cfg": target.model_cfg, "bandwidth": rate, "mmap": mmap, "full": full,
+                "threads": threads}))
+    results = {variant: _median_run(r) for variant, r in runs.items()}
     ref, student = results["teacher_safetensors"], results[STUDENT_ALONE]
     rows = []
     for variant, r in results.items():

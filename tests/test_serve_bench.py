@@ -134,6 +134,25 @@ def test_bench_measures_the_four_variants(tmp_path):
     assert safetensors_keys(target.student_file) == set(hybrid.student.state_dict())
 
 
+def test_bench_alternates_the_variants_within_each_round(tmp_path, monkeypatch):
+    import pwl.bench
+
+    _, bundle = export_tiny(tmp_path / "bundle")
+    target = bundle_target(bundle, tmp_path / "whole")
+    order = []
+
+    def recorded(spec):  # the order is under test here, not the measurement
+        order.append(spec["variant"])
+        return {"first_answer_s": 1.0, "peak_bytes": 1, "full_answer_s": 1.0,
+                "full_peak_bytes": 1, "logits": "x", "full_logits": "x"}
+
+    monkeypatch.setattr(pwl.bench, "run_variant", recorded)
+    rows = measure_target(target, bandwidth=None, cold=False, full=False, repeats=2)
+    # machine drift over a target's minutes then hits every variant alike
+    assert order == [*VARIANTS, *VARIANTS]
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+
+
 def safetensors_keys(path):
     from safetensors import safe_open
 
