@@ -66,8 +66,8 @@ def _rows_without_timing(path):
 def test_a_distillation_killed_mid_epoch_resumes_from_last_ckpt(tmp_path, teacher):
     run = tmp_path / "distill"
     last = run / "checkpoints" / "last.ckpt"
-    # Four times the data of the other runs: an epoch takes well over the half second
-    # the kill waits, on any machine this suite runs on.
+    # Four times the data of the other runs (120 batches an epoch): epoch 1 is still
+    # running when the kill lands half a second after epoch 0's checkpoint.
     longer = "data.num_train=2048"
     proc = _start(_distill_args(run, teacher, 3, longer), tmp_path)
     _wait_for(last.is_file, proc)

@@ -330,8 +330,8 @@ def verify(bundle_dir: str | Path) -> dict[str, Any]:
     except PWLError as e:
         problems.append(str(e))
     for rel in sorted(manifest["files"]):
-        if not (bundle / rel).is_file() or name_problem(bundle, rel):
-            continue
+        if _checked_stat(bundle, rel)[1] is None:
+            continue  # missing or not a regular file: reported by the layout check
         expected = (expected_tensors(hybrid, rel, manifest) if hybrid is not None
                     and stored_as_model(manifest, rel) else None)
         problems += _file_problems(bundle, manifest, rel, expected)
