@@ -323,6 +323,39 @@ def test_mse_cosine_per_position_by_hand(shape):
     assert get_distance("mse_cosine")(a, b).item() == pytest.approx(0.75 + 1 - 2 / 10**0.5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_mse_equals_torch_mse_loss_in_value_and_both_gradients(layout, bf16):
+    # pwl's mse has its own backward (for speed); it must be F.mse_loss exactly, including
+    # under bf16 autocast, where F.mse_loss computes in fp32 from the bf16 inputs.
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a0, b0 = (torch.randn(4, 6, 5, 5).to(dtype).to(memory_format=layout) for _ in range(2))
+    results = []
+    for distance in (get_distance("mse"), F.mse_loss):
+        a, b = a0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = distance(a, b)
+        (3 * loss).backward()
+        results.append((loss.float(), a.grad, b.grad))
+    (value, grad_a, grad_b), (ref_value, ref_a, ref_b) = results
+    assert value.item() == ref_value.item()
+    assert grad_a.dtype == dtype and grad_b.dtype == dtype
+    assert torch.equal(grad_a, ref_a) and torch.equal(grad_b, ref_b)
+
+
+def test_mse_gradients_pass_gradcheck_and_follow_which_input_needs_them():
+    a = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    mse = get_distance("mse")
+    assert torch.autograd.gradcheck(mse, (a, b))
+    fixed = b.detach()
+    mse(a, fixed).backward()
+    assert fixed.grad is None and a.grad is not None
+    with pytest.raises(ValueError, match=r"one shape.*\(2, 3, 4\) and \(2, 3\)"):
+        mse(a, b[..., 0])
+
+
 def test_identity_adapters_drop_the_reconstruction_where_widths_match():
     cfg = model_cfg("resnet")
     cfg["student"]["widths"] = [16, 16, 64, 128]      # boundary 1: 32 (teacher) vs 16
