@@ -2,7 +2,9 @@
 
     python experiments/bench_train.py [--pairs default resnet vgg vit] [--modes random all_prefix]
                                       [--batch 128] [--rounds 5] [--steps 3] [--eval]
-                                      [--levers] [--out experiments/results/bench_train]
+                                      [--levers] [--switches channels_last+bf16]
+                                      [--no-reuse-cpu-memory]
+                                      [--out experiments/results/bench_train]
 
 Training, per model pair and cross-path mode (``random``: one random mixed mask per
 step, ``loss=pwl``; ``all_prefix``: every prefix mask, ``loss=pwl_all``), four
@@ -16,6 +18,7 @@ variants on the same batch:
   (no grad), student forward/backward, and every mixed path's suffix forward/backward
   from the cached feature, on the masks the step itself ran.
 
+``--switches`` turns speed switches on for all four (default: plain fp32, contiguous).
 The table gives images/s of the step, overhead = step / baseline, step / floor and
 the naive speed-up = naive / step. With ``--eval``, stage evaluation of every mask
 (``pwl.evaluate orders=[all]``) with the shared-prefix ``StageEvaluator`` is timed
@@ -27,6 +30,9 @@ CPU with AVX512-BF16) are timed on the teacher's cross-entropy step and on the
 distillation step of each pair and mode, as ratios to plain fp32 in the same rounds
 (``levers.csv|json``), on the first of ``--modes``. Each variant's first step is reported
 apart.
+
+Like a training run (``reuse_cpu_memory=true``), the process keeps freed memory for reuse
+(``pwl.speed.reuse_cpu_memory``) unless ``--no-reuse-cpu-memory``.
 
 Variants alternate within rounds so machine noise hits all of them alike; times are
 medians. Inputs are random tensors of the data's shape, so data loading is not
@@ -123,6 +129,7 @@ class TrainRow:
 
     pair: str
     mode: str
+    switches: str
     num_blocks: int
     batch: int
     timed_steps: int
@@ -196,19 +203,27 @@ def random_batch(cfg: DictConfig, batch: int) -> tuple[torch.Tensor, torch.Tenso
     return x, torch.randint(0, cfg.data.num_classes, (batch,))
 
 
+def autocast(bf16: bool) -> torch.autocast:
+    """bf16 autocast on the CPU as Lightning's ``bf16-mixed`` applies it (forward and loss
+    inside, backward and optimizer outside); a no-op when ``bf16`` is false."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
 def distill_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Tensor,
-                 y: torch.Tensor, outputs: type[RecordedOutputs]) -> tuple[float, list[str]]:
+                 y: torch.Tensor, outputs: type[RecordedOutputs],
+                 bf16: bool = False) -> tuple[float, list[str]]:
     """One distillation step as ``DistillModule.training_step`` runs it, plus the optimizer.
 
     Returns:
         seconds, and the distinct mixed masks the loss asked for.
     """
     start = time.perf_counter()
-    with torch.no_grad():
-        teacher_feats = module.hybrid.teacher.forward_features(x)
-    student_feats = module.hybrid.student.forward_features(x)
-    out = outputs(x, y, module.hybrid, teacher_feats, student_feats)
-    total, _ = module.loss(out)
+    with autocast(bf16):
+        with torch.no_grad():
+            teacher_feats = module.hybrid.teacher.forward_features(x)
+        student_feats = module.hybrid.student.forward_features(x)
+        out = outputs(x, y, module.hybrid, teacher_feats, student_feats)
+        total, _ = module.loss(out)
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
@@ -216,12 +231,13 @@ def distill_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Ten
 
 
 def baseline_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Tensor,
-                  y: torch.Tensor) -> float:
+                  y: torch.Tensor, bf16: bool = False) -> float:
     """Seconds of a teacher forward (no grad) plus a student cross-entropy step."""
     start = time.perf_counter()
-    with torch.no_grad():
-        module.hybrid.teacher.forward_features(x)
-    loss = F.cross_entropy(module.hybrid.student(x), y)
+    with autocast(bf16):
+        with torch.no_grad():
+            module.hybrid.teacher.forward_features(x)
+        loss = F.cross_entropy(module.hybrid.student(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -229,7 +245,7 @@ def baseline_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Te
 
 
 def floor_parts(hybrid: HybridNet, x: torch.Tensor, y: torch.Tensor,
-                masks: Sequence[str]) -> dict[str, float]:
+                masks: Sequence[str], bf16: bool = False) -> dict[str, float]:
     """Seconds of the work a distillation step on ``masks`` cannot avoid, each part alone.
 
     The parts are the teacher forward (no grad), the student forward/backward and, per
@@ -242,12 +258,14 @@ def floor_parts(hybrid: HybridNet, x: torch.Tensor, y: torch.Tensor,
     """
     hybrid.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    with torch.no_grad():
+    with autocast(bf16), torch.no_grad():
         teacher_feats = hybrid.teacher.forward_features(x)
     teacher = time.perf_counter() - start
     start = time.perf_counter()
-    student_feats = hybrid.student.forward_features(x)
-    F.cross_entropy(student_feats[-1], y).backward()
+    with autocast(bf16):
+        student_feats = hybrid.student.forward_features(x)
+        loss = F.cross_entropy(student_feats[-1], y)
+    loss.backward()
     student = time.perf_counter() - start
     suffixes = 0.0
     for mask in masks:
@@ -260,7 +278,9 @@ def floor_parts(hybrid: HybridNet, x: torch.Tensor, y: torch.Tensor,
         cached.requires_grad_(mask[0] == "S")
         hybrid.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        F.cross_entropy(hybrid.forward_from(switch - 1, cached, mask), y).backward()
+        with autocast(bf16):
+            loss = F.cross_entropy(hybrid.forward_from(switch - 1, cached, mask), y)
+        loss.backward()
         suffixes += time.perf_counter() - start
     return {"teacher": teacher, "student": student, "suffixes": suffixes}
 
@@ -275,11 +295,15 @@ def ms(seconds: list[float]) -> float:
 
 
 def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
-                seed: int = 0) -> TrainRow:
-    """Times the four variants of the module docstring on one pair and cross-path mode."""
+                seed: int = 0, switches: str = "fp32") -> TrainRow:
+    """Times the four variants of the module docstring on one pair and cross-path mode,
+    all four with the speed switches ``switches`` (a key of LEVERS) turned on."""
     cfg = compose_pair(pair, MODES[mode])
     torch.manual_seed(seed)
     module = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
+    if LEVERS[switches].get("channels_last", False):
+        speed.use_channels_last(module)
+    bf16 = LEVERS[switches].get("bf16", False)
     got = module.loss.terms["cross_path"].mode
     if got != mode:
         raise SystemExit(f"loss={MODES[mode]} trains cross_path.mode={got!r}, not {mode!r}; "
@@ -290,10 +314,10 @@ def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
     x, y = random_batch(cfg, batch)
 
     # Warm-up: allocator growth and kernel selection stay out of the timings.
-    _, warm_masks = distill_step(module, opt, x, y, RecordedOutputs)
-    distill_step(module, opt, x, y, NaiveOutputs)
-    baseline_step(module, opt, x, y)
-    floor_parts(module.hybrid, x, y, warm_masks)
+    _, warm_masks = distill_step(module, opt, x, y, RecordedOutputs, bf16)
+    distill_step(module, opt, x, y, NaiveOutputs, bf16)
+    baseline_step(module, opt, x, y, bf16)
+    floor_parts(module.hybrid, x, y, warm_masks, bf16)
 
     times: dict[str, list[float]] = {k: [] for k in TRAIN_VARIANTS}
     times |= {f"floor_{part}": [] for part in FLOOR_PARTS}
@@ -302,18 +326,18 @@ def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
         round_masks = []
         for s in range(steps):
             torch.manual_seed(step_seed(seed, r, s, steps))
-            seconds, asked = distill_step(module, opt, x, y, RecordedOutputs)
+            seconds, asked = distill_step(module, opt, x, y, RecordedOutputs, bf16)
             times["step"].append(seconds)
             round_masks.append(asked)
         masks["step"] += round_masks
         for s in range(steps):
             torch.manual_seed(step_seed(seed, r, s, steps))
-            seconds, asked = distill_step(module, opt, x, y, NaiveOutputs)
+            seconds, asked = distill_step(module, opt, x, y, NaiveOutputs, bf16)
             times["naive"].append(seconds)
             masks["naive"].append(asked)
-        times["baseline"] += [baseline_step(module, opt, x, y) for _ in range(steps)]
+        times["baseline"] += [baseline_step(module, opt, x, y, bf16) for _ in range(steps)]
         for asked in round_masks:
-            parts = floor_parts(module.hybrid, x, y, asked)
+            parts = floor_parts(module.hybrid, x, y, asked, bf16)
             for part, seconds in parts.items():
                 times[f"floor_{part}"].append(seconds)
             times["floor"].append(sum(parts.values()))
@@ -321,7 +345,8 @@ def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
 
     step, naive, baseline, floor = (ms(times[k]) for k in TRAIN_VARIANTS)
     return TrainRow(
-        pair=pair, mode=mode, num_blocks=module.hybrid.num_blocks, batch=batch,
+        pair=pair, mode=mode, switches=switches, num_blocks=module.hybrid.num_blocks,
+        batch=batch,
         timed_steps=rounds * steps,
         masks_per_step=statistics.mean(len(m) for m in masks["step"]),
         step_ms=step, naive_ms=naive, baseline_ms=baseline, floor_ms=floor,
@@ -366,12 +391,9 @@ class LeverVariant:
         self.teacher_opt = torch.optim.SGD(self.teacher_net.parameters(), lr=1e-3,
                                            momentum=0.9)
 
-    def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
-
     def teacher_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         start = time.perf_counter()
-        with self.autocast():
+        with autocast(self.bf16):
             loss = F.cross_entropy(self.teacher_net(x), y)
         self.teacher_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -380,7 +402,7 @@ class LeverVariant:
 
     def distill_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         start = time.perf_counter()
-        with self.autocast():
+        with autocast(self.bf16):
             total, _ = self.distill.loss(self.distill.distill_outputs(x, y))
         self.distill_opt.zero_grad(set_to_none=True)
         total.backward()
@@ -478,7 +500,8 @@ def write_rows(rows: Sequence[TrainRow | EvalRow | LeverRow], row_type: type, st
 
 
 def train_table(rows: Sequence[TrainRow]) -> Table:
-    table = Table(title="distillation step")
+    switches = sorted({r.switches for r in rows})
+    table = Table(title=f"distillation step ({', '.join(switches)})")
     for col in ("pair", "mode", "images/s", "overhead", "step/floor", "naive speed-up"):
         table.add_column(col, justify="left" if col in ("pair", "mode") else "right")
     for r in rows:
@@ -520,6 +543,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each variant "
                         "per round")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-cpu-memory", action=argparse.BooleanOptionalAction,
+                        default=True, help="glibc keeps freed memory, as a training run does "
+                        "with reuse_cpu_memory=true (pwl.speed)")
+    parser.add_argument("--switches", choices=list(LEVERS), default="fp32",
+                        help="speed switches of the training table's four variants "
+                        "(channels_last+bf16 is what a run's defaults give on this CPU); "
+                        "a table not in fp32 is written as train_<switches>.csv|json")
     section = parser.add_mutually_exclusive_group()
     section.add_argument("--eval", action="store_true", help="also time stage evaluation")
     section.add_argument("--eval-only", action="store_true", help="time stage evaluation only")
@@ -549,11 +579,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list]:
     """
     args = parse_args(argv)
     console = Console()
-    meta = {"batch": args.batch, "rounds": args.rounds, "steps": args.steps, "seed": args.seed,
+    reused = args.reuse_cpu_memory and speed.reuse_cpu_memory()
+    meta = {"reuse_cpu_memory": reused, "batch": args.batch, "rounds": args.rounds, "steps": args.steps, "seed": args.seed,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": platform.machine(), "processor": platform.processor()}
     console.print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
-                  f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+                  f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
+                  f"reuse_cpu_memory {reused}")
     results: dict[str, list] = {"train": [], "eval": [], "levers": []}
     written: list[Path] = []
     if args.levers_only and args.levers is None:
@@ -569,12 +601,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list]:
     if not (args.eval_only or args.levers_only):
         for pair in args.pairs:
             for mode in args.modes:
-                row = bench_train(pair, mode, args.batch, args.rounds, args.steps, args.seed)
+                row = bench_train(pair, mode, args.batch, args.rounds, args.steps, args.seed,
+                                  args.switches)
                 console.print(f"  {pair} {mode}: {row.images_per_s:.1f} images/s, step "
                               f"{row.step_ms:.1f} ms, floor {row.floor_ms:.1f} ms")
                 results["train"].append(row)
         console.print(train_table(results["train"]))
-        written += write_rows(results["train"], TrainRow, args.out / "train", meta)
+        stem = "train" if args.switches == "fp32" else f"train_{args.switches}"
+        written += write_rows(results["train"], TrainRow, args.out / stem, meta)
     if args.eval or args.eval_only:
         for pair in args.eval_pairs:
             results["eval"].append(bench_eval(pair, args.batch, args.rounds, args.steps,

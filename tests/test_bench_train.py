@@ -24,7 +24,7 @@ sys.modules[_spec.name] = bench
 _spec.loader.exec_module(bench)
 
 STEPS = 2
-TRAIN_COLUMNS = ["pair", "mode", "num_blocks", "batch", "timed_steps", "masks_per_step",
+TRAIN_COLUMNS = ["pair", "mode", "switches", "num_blocks", "batch", "timed_steps", "masks_per_step",
                  "step_ms", "naive_ms", "baseline_ms", "floor_ms", "teacher_ms", "student_ms",
                  "suffixes_ms", "images_per_s", "overhead", "step_over_floor", "naive_speedup"]
 EVAL_COLUMNS = ["pair", "num_blocks", "masks", "batch", "timed_batches", "shared_ms",
@@ -61,8 +61,9 @@ def test_the_training_table_has_a_row_per_mode_with_positive_numbers(run):
     assert columns == TRAIN_COLUMNS
     assert [(r["pair"], r["mode"], r["num_blocks"], r["timed_steps"]) for r in rows] == [
         ("default", "random", "4", str(STEPS)), ("default", "all_prefix", "4", str(STEPS))]
+    assert {r["switches"] for r in rows} == {"fp32"}
     for row in rows:
-        assert_positive_numbers(row, TRAIN_COLUMNS[2:])
+        assert_positive_numbers(row, TRAIN_COLUMNS[3:])
     saved = json.loads((out / "train.json").read_text())
     assert saved["meta"]["batch"] == 4
     assert [r["mode"] for r in saved["rows"]] == ["random", "all_prefix"]
@@ -112,6 +113,30 @@ def test_the_levers_table_times_each_switch_against_fp32_of_the_same_rounds(tmp_
     assert columns[:3] == ["pair", "mode", "lever"] and len(saved) == 3
     for row in saved:
         assert_positive_numbers(row, columns[3:])
+
+
+def test_the_training_table_under_switches_runs_them_and_gets_its_own_file(tmp_path,
+                                                                           monkeypatch):
+    bf16_flags: list[bool] = []
+    timed = bench.floor_parts
+
+    def floor_parts(hybrid, *args, **kwargs):
+        kernels = [p for p in hybrid.parameters() if p.dim() == 4]
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+        bf16_flags.append(args[3] if len(args) > 3 else kwargs.get("bf16", False))
+        return timed(hybrid, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "floor_parts", floor_parts)
+    results = bench.main(["--pairs", "default", "--modes", "random", "--batch", "4",
+                          "--rounds", "1", "--steps", "1", "--switches", "channels_last+bf16",
+                          "--no-reuse-cpu-memory", "--out", str(tmp_path)])
+    assert [r.switches for r in results["train"]] == ["channels_last+bf16"]
+    assert bf16_flags and all(flag is True for flag in bf16_flags)
+    assert not (tmp_path / "train.csv").exists()
+    columns, rows = read_csv(tmp_path / "train_channels_last+bf16.csv")
+    assert columns == TRAIN_COLUMNS and rows[0]["switches"] == "channels_last+bf16"
+    saved = json.loads((tmp_path / "train_channels_last+bf16.json").read_text())
+    assert saved["meta"]["reuse_cpu_memory"] is False
 
 
 def test_a_lever_variant_trains_the_same_model_as_fp32():
