@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from pwl import speed
 from pwl.build import build_datamodule
 from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import CONF_DIR, user_errors_as_one_line
@@ -117,6 +118,8 @@ def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
         raise CheckpointError(f"checkpoint={checkpoint} does not exist; pass a distill run "
                               "directory, a Lightning .ckpt or a bundle directory")
     device = resolve_device(cfg.device)
+    if cfg.get("reuse_cpu_memory", False):
+        speed.reuse_cpu_memory()
     hybrid, model_cfg = load_hybrid(checkpoint)
     orders = list(cfg.orders)
     resolve_masks(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
