@@ -3,7 +3,7 @@
     python experiments/bench_train.py [--pairs default resnet vgg vit] [--modes random all_prefix]
                                       [--batch 128] [--rounds 5] [--steps 3] [--eval]
                                       [--levers] [--switches channels_last+bf16]
-                                      [--no-reuse-cpu-memory]
+                                      [--reuse-cpu-memory]
                                       [--out experiments/results/bench_train]
 
 Training, per model pair and cross-path mode (``random``: one random mixed mask per
@@ -31,8 +31,8 @@ distillation step of each pair and mode, as ratios to plain fp32 in the same rou
 (``levers.csv|json``), on the first of ``--modes``. Each variant's first step is reported
 apart.
 
-Like a training run (``reuse_cpu_memory=true``), the process keeps freed memory for reuse
-(``pwl.speed.reuse_cpu_memory``) unless ``--no-reuse-cpu-memory``.
+With ``--reuse-cpu-memory`` the process keeps freed memory for reuse, as ``pwl.evaluate``
+does (``pwl.speed.reuse_cpu_memory``); training runs do not, and by default neither does this.
 
 Variants alternate within rounds so machine noise hits all of them alike; times are
 medians. Inputs are random tensors of the data's shape, so data loading is not
@@ -543,9 +543,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each variant "
                         "per round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reuse-cpu-memory", action=argparse.BooleanOptionalAction,
-                        default=True, help="glibc keeps freed memory, as a training run does "
-                        "with reuse_cpu_memory=true (pwl.speed)")
+    parser.add_argument("--reuse-cpu-memory", action="store_true",
+                        help="glibc keeps freed memory, as pwl.evaluate does "
+                        "(pwl.speed.reuse_cpu_memory); training runs do not")
     parser.add_argument("--switches", choices=list(LEVERS), default="fp32",
                         help="speed switches of the training table's four variants "
                         "(channels_last+bf16 is what a run's defaults give on this CPU); "

@@ -110,7 +110,6 @@ class Train(OpenSchema):
     trainer: Trainer
     callbacks: Callbacks | None = None
     channels_last: StrictBool = False  # conf/train.yaml sets true; absent (older saved configs): off
-    reuse_cpu_memory: StrictBool = False  # as channels_last
 
 
 class Evaluate(OpenSchema):

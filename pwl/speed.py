@@ -8,13 +8,15 @@ elsewhere, where bf16 would be emulated and slower. Weights, optimizer state, sa
 ``pwl.evaluate`` and bundles stay fp32 either way; validation and the stage curves logged
 while training run under the training autocast.
 
-``reuse_cpu_memory=true`` (the default) asks glibc's allocator to keep freed memory in the
-process instead of handing it back to the system after every large free. By default
-glibc returns the top of its heap once more than a few megabytes are free there, and
-maps large blocks afresh, so every step of a distillation, whose graph changes with its
-random masks, pays page faults on its feature maps again: about 6000 per step on the
-default pair. With the switch on it pays about 200-700, and the step took 0.84-0.91x the
-time (same process kind, same machine). The process then keeps its peak memory.
+``reuse_cpu_memory`` asks glibc's allocator to keep freed memory in the process instead of
+handing it back to the system after every large free. By default glibc returns the top of
+its heap once more than a few megabytes are free there and maps large blocks afresh, so
+each batch faults its feature maps in again. ``pwl.evaluate`` turns it on
+(``reuse_cpu_memory=true``): evaluating every mask of the default experiment's model took
+0.89-0.95x the wall time, with 0.22M instead of 1.05M page faults (four alternating
+pairs of runs). Training does not: a distillation epoch of the default experiment and of
+VGG faulted 1.2-2.5x less often but took as long (44.5 vs 43.1 s; 21.3 and 23.1 vs 20.4 and
+21.1 s), so it was left out. The process keeps its peak memory.
 
 ``make bench-train`` measures each switch against plain fp32 (its ``--levers`` section);
 ``experiments/results/bench_train/`` has the numbers, and those of ``torch.compile``, which

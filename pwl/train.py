@@ -88,8 +88,6 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-    if cfg.get("reuse_cpu_memory", False) and not speed.reuse_cpu_memory():
-        rank_zero_info("reuse_cpu_memory=true changes nothing here (it needs glibc)")
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)

@@ -129,7 +129,7 @@ def test_the_training_table_under_switches_runs_them_and_gets_its_own_file(tmp_p
     monkeypatch.setattr(bench, "floor_parts", floor_parts)
     results = bench.main(["--pairs", "default", "--modes", "random", "--batch", "4",
                           "--rounds", "1", "--steps", "1", "--switches", "channels_last+bf16",
-                          "--no-reuse-cpu-memory", "--out", str(tmp_path)])
+                          "--out", str(tmp_path)])
     assert [r.switches for r in results["train"]] == ["channels_last+bf16"]
     assert bf16_flags and all(flag is True for flag in bf16_flags)
     assert not (tmp_path / "train.csv").exists()

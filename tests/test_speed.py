@@ -35,25 +35,19 @@ def test_channels_last_keeps_every_mask_answer_and_stores_nhwc_kernels():
             torch.testing.assert_close(nhwc(x, mask), plain(x, mask), rtol=1e-4, atol=1e-5)
 
 
-def test_runs_with_nhwc_weights_save_files_a_plain_model_loads(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(speed, "reuse_cpu_memory", lambda: calls.append(1) or True)
+def test_runs_with_nhwc_weights_save_files_a_plain_model_loads(tmp_path):
     teacher = tmp_path / "teacher"
-    train(tiny_train_cfg(teacher, "phase=teacher", "channels_last=true",
-                         "reuse_cpu_memory=false"))
-    assert calls == []
+    train(tiny_train_cfg(teacher, "phase=teacher", "channels_last=true"))
     run = tmp_path / "distill"
     train(tiny_train_cfg(run, "phase=distill", f"teacher={teacher}", "channels_last=true",
                          "trainer.limit_train_batches=2"))
-    assert calls == [1]   # reuse_cpu_memory=true, the default
     hybrid, _ = load_hybrid(run)   # a fresh, plain-layout model: names and shapes match
     x = torch.randn(3, *CFG["input_shape"])
     with torch.no_grad():
         assert torch.isfinite(hybrid.eval()(x, "TSTS")).all()
 
 
-@pytest.mark.parametrize("override", ["channels_last=yes", "channels_last=1",
-                                      "reuse_cpu_memory=yes"])
+@pytest.mark.parametrize("override", ["channels_last=yes", "channels_last=1"])
 def test_a_switch_that_is_not_a_boolean_is_one_clear_error(tmp_path, override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         train(tiny_train_cfg(tmp_path, "phase=teacher", override))
