@@ -2,7 +2,8 @@
 
 Every distance takes two tensors of one shape, feature maps (B, C, H, W) or
 ViT tokens (B, L, D), and returns a scalar: zero when they are equal, positive
-when they differ.
+when they differ, and the same with the two swapped (``FeatureSync`` relies on it
+at boundaries whose adapters are identities).
 """
 
 from __future__ import annotations
