@@ -82,8 +82,9 @@ reproduce-cifar100: install ## CIFAR-100 ResNet pair at the paper's scale (GPU; 
 	$(PY) experiments/reproduce.py --experiment cifar_resnet --runs runs/reproduce/cifar100_resnet \
 	  --results experiments/results/cifar100_resnet -- data=cifar100 trainer=gpu
 
-bench-train: install ## Distill step and stage evaluation of 4 pairs: images/s, overhead, step/floor, vs naive; speed switches vs fp32
+bench-train: install ## Distill step and stage evaluation of 4 pairs: images/s, overhead, step/floor, vs naive; speed switches vs fp32; the step table again under the training defaults
 	$(PY) experiments/bench_train.py --eval --levers
+	$(PY) experiments/bench_train.py --switches channels_last+bf16
 
 bench-load: install ## Time to first answer and peak memory: whole teacher vs bundle (trained bundle + random ViT-B/16 pair)
 	$(PY) -m pwl.bench $(if $(wildcard $(BUNDLE)/manifest.json),bundle=$(BUNDLE))
