@@ -10,6 +10,7 @@ BANDWIDTH ?=
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install data test stress lint reproduce reproduce-seeds reproduce-all plans sweep-losses reproduce-cifar10 \
@@ -41,8 +42,8 @@ data: ## Install Debian's dataset-fashion-mnist where apt and root are available
 	  echo "  - or copy the four idx .gz files somewhere and pass data.root=<dir>"; \
 	fi
 
-test: install ## Run the test suite (CPU, a few minutes)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+test: install ## Run the test suite (CPU, a few minutes; TEST_WORKERS=2 processes, 1 thread each)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 stress: install ## Long runs of the bundle fuzzer and of predicting while a bundle loads (minutes)
 	PWL_FUZZ_EXAMPLES=$${PWL_FUZZ_EXAMPLES:-5000} PWL_STRESS_PREDICTIONS=$${PWL_STRESS_PREDICTIONS:-100000} \
