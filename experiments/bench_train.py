@@ -294,23 +294,32 @@ def ms(seconds: list[float]) -> float:
     return statistics.median(seconds) * 1e3
 
 
+def distill_module(cfg: DictConfig, switches: str,
+                   seed: int) -> tuple[DistillModule, torch.optim.Optimizer]:
+    """The pair's distillation module in train mode, with the layout of ``switches`` (a key
+    of LEVERS), and an SGD optimizer over what it trains. The same seed gives the same
+    weights whatever the switches."""
+    torch.manual_seed(seed)
+    module = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
+    module.hybrid.train()
+    if LEVERS[switches].get("channels_last", False):
+        speed.use_channels_last(module)
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9)
+    return module, opt
+
+
 def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
                 seed: int = 0, switches: str = "fp32") -> TrainRow:
     """Times the four variants of the module docstring on one pair and cross-path mode,
     all four with the speed switches ``switches`` (a key of LEVERS) turned on."""
     cfg = compose_pair(pair, MODES[mode])
-    torch.manual_seed(seed)
-    module = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
-    if LEVERS[switches].get("channels_last", False):
-        speed.use_channels_last(module)
+    module, opt = distill_module(cfg, switches, seed)
     bf16 = LEVERS[switches].get("bf16", False)
     got = module.loss.terms["cross_path"].mode
     if got != mode:
         raise SystemExit(f"loss={MODES[mode]} trains cross_path.mode={got!r}, not {mode!r}; "
                          "update MODES in experiments/bench_train.py")
-    module.hybrid.train()
-    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3,
-                          momentum=0.9)
     x, y = random_batch(cfg, batch)
 
     # Warm-up: allocator growth and kernel selection stay out of the timings.
@@ -375,19 +384,14 @@ class LeverVariant:
     def __init__(self, cfg: DictConfig, lever: str, seed: int) -> None:
         switches = LEVERS[lever]
         self.bf16 = switches.get("bf16", False)
-        torch.manual_seed(seed)
-        self.distill = DistillModule(to_dict(cfg.model), to_dict(cfg.loss), to_dict(cfg.optim))
-        self.distill.hybrid.train()
+        self.distill, self.distill_opt = distill_module(cfg, lever, seed)
         # The teacher phase trains a teacher of its own: a copy, so its steps leave the
         # distillation's frozen teacher alone.
         torch.manual_seed(seed)
         self.teacher_net = build_teacher(to_dict(cfg.model)).train()
         self.teacher_net.requires_grad_(True)
         if switches.get("channels_last", False):
-            speed.use_channels_last(self.distill)
             speed.use_channels_last(self.teacher_net)
-        self.distill_opt = torch.optim.SGD(
-            [p for p in self.distill.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
         self.teacher_opt = torch.optim.SGD(self.teacher_net.parameters(), lr=1e-3,
                                            momentum=0.9)
 
@@ -401,13 +405,7 @@ class LeverVariant:
         return time.perf_counter() - start
 
     def distill_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        start = time.perf_counter()
-        with autocast(self.bf16):
-            total, _ = self.distill.loss(self.distill.distill_outputs(x, y))
-        self.distill_opt.zero_grad(set_to_none=True)
-        total.backward()
-        self.distill_opt.step()
-        return time.perf_counter() - start
+        return distill_step(self.distill, self.distill_opt, x, y, RecordedOutputs, self.bf16)[0]
 
 
 def bench_levers(pair: str, mode: str, batch: int, rounds: int, steps: int,
