@@ -1,16 +1,17 @@
-"""Builds models and data modules from configs.
+"""Builds models from configs (data modules: ``pwl.data.registry.build_datamodule``).
 
 A model config (``conf/model/*.yaml``) holds ``teacher`` and ``student`` (each
 a ``_target_`` builder), ``adapter`` (the adapter kind) and ``input_shape``
 ([C, H, W]). It is saved with every run so the models can be rebuilt later.
-A data config (``conf/data/*.yaml``) builds an ``ImageDataModule``.
 
 The user's own config keeps Hydra's full ``_target_`` power (``build_net``,
-``build_hybrid``, ``build_datamodule``). A config that arrived with a file (a
-bundle, a run directory, a checkpoint) is data: ``check_saved_model_cfg``,
-``build_saved_hybrid`` and ``build_datamodule(..., saved_from=...)`` accept only
-registered builders and data modules with valid arguments, and call them
-directly: nothing the file names is imported.
+``build_hybrid``). A config that arrived with a file (a bundle, a run directory,
+a checkpoint) is data: ``check_saved_model_cfg`` and ``build_saved_hybrid``
+accept only registered builders with valid arguments, and call them directly:
+nothing the file names is imported.
+
+The bundle runtime imports this module, so it imports no data or training code
+(Lightning, the data modules): an app that only opens bundles does not load them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from pydantic import Field, field_validator
 from pwl.adapters import KINDS, Adapters
 from pwl.blocks import BlockNet
 from pwl.config import Schema, check, instantiate_as
-from pwl.data.datamodule import ImageDataModule
-from pwl.data.registry import build_saved_datamodule
 from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 from pwl.models import build_saved_net, check_saved_net
@@ -134,28 +133,3 @@ def _pair(cfg: Mapping[str, Any], teacher: BlockNet, student: BlockNet) -> Hybri
     adapters = Adapters.between(teacher, student, tuple(cfg["input_shape"]),
                                 cfg.get("adapter", "linear"))
     return HybridNet(teacher, student, adapters)
-
-
-def build_datamodule(data_cfg: Mapping[str, Any], saved_from: str | Path | None = None,
-                     **overrides: Any) -> ImageDataModule:
-    """Builds ``data_cfg`` (with ``overrides`` replacing its keys) and sets it up.
-
-    Args:
-        data_cfg: a data config (``conf/data``).
-        saved_from: None for the user's own config (Hydra instantiates its ``_target_``);
-            else the file it was read from: it must then name a registered data module
-            with valid arguments (see ``pwl.data.registry``), and nothing is imported.
-        **overrides: keys replacing those of ``data_cfg`` (``eval_batch_size``...).
-
-    Raises:
-        ConfigError: the config does not build an ImageDataModule (the error names ``data``);
-            a PWLError raised by the data module itself is passed on as it is.
-    """
-    if saved_from is not None:
-        dm = build_saved_datamodule({**data_cfg, **overrides}, saved_from)
-    else:
-        dm = instantiate_as({**data_cfg, **overrides}, "data")
-    if not isinstance(dm, ImageDataModule):
-        raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
-    dm.setup()
-    return dm

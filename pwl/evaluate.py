@@ -25,9 +25,9 @@ from rich.progress import track
 from rich.table import Table
 
 from pwl import speed
-from pwl.build import build_datamodule
 from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import CONF_DIR, user_errors_as_one_line
+from pwl.data.registry import build_datamodule
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import resolve_masks
 from pwl.runtime.manifest import MANIFEST, read_manifest, teacher_block_file

@@ -33,10 +33,11 @@ from torch import nn
 
 from pwl.atomic import atomic_write_bytes
 from pwl.blocks import BlockNet
-from pwl.build import build_datamodule, check_saved_model_cfg
+from pwl.build import check_saved_model_cfg
 from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
 from pwl.cli import CONF_DIR, human_bytes, user_errors_as_one_line
 from pwl.config import to_dict
+from pwl.data.registry import build_datamodule
 from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, loading_masks, validate_mask

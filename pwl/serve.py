@@ -38,9 +38,9 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from pwl.build import build_datamodule
 from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.config import parse_bandwidth
+from pwl.data.registry import build_datamodule
 from pwl.errors import ConfigError
 from pwl.runtime.manifest import MANIFEST, read_manifest
 from pwl.runtime.materialise import import_builders, load_bundle_hybrid

@@ -48,6 +48,19 @@ def test_the_runtime_imports_nothing_of_training():
         assert bad == [], path
 
 
+def test_opening_bundles_loads_no_training_or_data_code():
+    # Transitive imports: an app that only opens bundles must not pay for Lightning (over
+    # a second of start-up here) or the data modules, which a model file alone never needs.
+    # (wandb is not listed: timm itself imports it when it is installed.)
+    code = ("import sys, pwl.runtime; print(sorted({m.split('.')[0] if m.startswith('lightning') "
+            "else m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning', "
+            "'pwl.data', 'pwl.lit', 'pwl.losses', 'pwl.callbacks', 'pwl.train', 'pwl.export', "
+            "'torchmetrics'))}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "[]"
+
+
 def test_no_sys_path_edits_anywhere():
     files = [*PKG.rglob("*.py"), *ROOT.glob("experiments/*.py"), *ROOT.glob("tests/*.py")]
     pattern = re.compile(r"sys\.path\.(insert|append)")

@@ -118,7 +118,7 @@ def test_stage_accuracies_are_remeasured_with_the_stored_weights(tmp_path):
     stages = json.loads((bundle / "manifest.json").read_text())["stages"]
     assert [r["mask"] for r in stages] == ["SSSS", "TSSS", "TTTT"]
     # Accuracy of the loaded int8 bundle on the synthetic test split, counted here.
-    from pwl.build import build_datamodule
+    from pwl.data.registry import build_datamodule
 
     dm = build_datamodule(BUNDLE_DATA_CFG)
     loaded, _ = load_bundle_hybrid(bundle)

@@ -15,8 +15,9 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pwl.build import build_datamodule, build_hybrid
+from pwl.build import build_hybrid
 from pwl.checkpoint import load_hybrid
+from pwl.data.registry import build_datamodule
 from pwl.errors import CheckpointError, ConfigError, PWLError
 from pwl.export import export_bundle
 from pwl.models import build_saved_net, check_saved_net

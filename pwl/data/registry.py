@@ -8,13 +8,14 @@ directly. The same schemas check the user's own data config at the entry points.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from pwl.config import Schema, check
+from pwl.config import Schema, check, instantiate_as
 from pwl.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from pwl.data.datamodule import ImageDataModule
 from pwl.data.fashion_mnist import FashionMNISTDataModule
@@ -128,3 +129,32 @@ def build_saved_datamodule(cfg: Any, source: str | Path) -> ImageDataModule:
     if "download" in kwargs:
         kwargs["download"] = False
     return data_entry_of(cfg).cls(**kwargs)
+
+
+def build_datamodule(data_cfg: Mapping[str, Any], saved_from: str | Path | None = None,
+                     **overrides: Any) -> ImageDataModule:
+    """Builds ``data_cfg`` (with ``overrides`` replacing its keys) and sets it up.
+
+    A data config (``conf/data/*.yaml``) builds an ``ImageDataModule``. The user's own
+    config keeps Hydra's full ``_target_`` power; a stored one is data (see the module
+    docstring).
+
+    Args:
+        data_cfg: a data config (``conf/data``).
+        saved_from: None for the user's own config (Hydra instantiates its ``_target_``);
+            else the file it was read from: it must then name a registered data module
+            with valid arguments (see ``pwl.data.registry``), and nothing is imported.
+        **overrides: keys replacing those of ``data_cfg`` (``eval_batch_size``...).
+
+    Raises:
+        ConfigError: the config does not build an ImageDataModule (the error names ``data``);
+            a PWLError raised by the data module itself is passed on as it is.
+    """
+    if saved_from is not None:
+        dm = build_saved_datamodule({**data_cfg, **overrides}, saved_from)
+    else:
+        dm = instantiate_as({**data_cfg, **overrides}, "data")
+    if not isinstance(dm, ImageDataModule):
+        raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
+    dm.setup()
+    return dm
