@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -46,10 +47,12 @@ from typing import Any
 
 import hydra
 import lightning
+import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
+from scipy import stats
 
 from pwl.bench_worker import CKPT_PREFIX, VARIANTS
 from pwl.build import build_hybrid
@@ -65,7 +68,8 @@ from pwl.schemas import check_app_config
 from pwl.stages.curves import LoadCurve, consecutive_pairs, load_curve, plot_load_curves
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
-           "first_answer_ratio", "student_ratio", "peak_mb", "peak_ratio", "full_answer_s",
+           "first_answer_ratio", "student_ratio", "student_ratio_low",
+           "student_ratio_high", "peak_mb", "peak_ratio", "full_answer_s",
            "full_peak_mb", "same_logits")
 CURVE_COLUMNS = ("target", "bandwidth", "dtype", "order", "teacher_bytes", "first_answer_s",
                  "loaded_s", "time_to_teacher_s", "mean_accuracy_load", "window_s",
@@ -177,12 +181,33 @@ def _median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def paired_ratio(times: Sequence[float], base: Sequence[float],
+                 confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``times[i] / base[i]`` (runs of the same round) and its bootstrap interval.
+
+    Paired by round, so a drift of the machine between rounds cancels out of each ratio;
+    the interval is NaN with fewer than 3 rounds.
+    """
+    ratios = np.asarray(times, dtype=float) / np.asarray(base, dtype=float)
+    median = float(np.median(ratios))
+    if len(ratios) < 3:
+        return median, math.nan, math.nan
+    if np.ptp(ratios) == 0:  # every round gave the same ratio (the student over itself)
+        return median, median, median
+    interval = stats.bootstrap((ratios,), np.median, confidence_level=confidence,
+                               method="percentile", rng=np.random.default_rng(0)
+                               ).confidence_interval
+    return median, float(interval.low), float(interval.high)
+
+
 def measure_target(target: Target, bandwidth: float | str | None = None, mmap: bool = False,
                    cold: bool = True, full: bool = True, threads: int | None = None,
                    repeats: int = 1) -> list[dict[str, Any]]:
     """One row per variant: times, peaks, and their ratios to ``teacher_safetensors``.
 
-    ``student_ratio`` is the first answer over the student alone's. ``same_logits``:
+    ``student_ratio`` is the first answer over the student alone's: the median over
+    rounds of the two times of one round (``paired_ratio``), with the bounds of its 95%
+    interval in ``student_ratio_low``/``student_ratio_high``. ``same_logits``:
     for the student alone, its logits equal the bundle's first answer; for the others,
     the all-teacher logits equal those of the teacher from one safetensors file.
     """
@@ -205,9 +230,12 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
                 "model_cfg": target.model_cfg, "bandwidth": rate, "mmap": mmap, "full": full,
                 "threads": threads}))
     results = {variant: _median_run(r) for variant, r in runs.items()}
-    ref, student = results["teacher_safetensors"], results[STUDENT_ALONE]
+    ref = results["teacher_safetensors"]
+    student_times = [r["first_answer_s"] for r in runs[STUDENT_ALONE]]
     rows = []
     for variant, r in results.items():
+        ratio, low, high = paired_ratio([run["first_answer_s"] for run in runs[variant]],
+                                        student_times)
         rows.append({
             "target": target.name,
             "bandwidth": bandwidth_label(rate),
@@ -216,7 +244,9 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
             "bytes_ratio": first_bytes[variant] / teacher_bytes,
             "first_answer_s": r["first_answer_s"],
             "first_answer_ratio": r["first_answer_s"] / ref["first_answer_s"],
-            "student_ratio": r["first_answer_s"] / student["first_answer_s"],
+            "student_ratio": ratio,
+            "student_ratio_low": low,
+            "student_ratio_high": high,
             "peak_mb": r["peak_bytes"] / 2**20,
             "peak_ratio": r["peak_bytes"] / max(ref["peak_bytes"], 1),
             "full_answer_s": r["full_answer_s"],
@@ -243,11 +273,19 @@ def results_table(rows: Sequence[dict[str, Any]]) -> Table:
     for r in rows:
         table.add_row(r["target"], r["bandwidth"], r["variant"], human_bytes(r["bytes_read"]),
                       f"{r['bytes_ratio']:.3f}", f"{r['first_answer_s']:.3f} s",
-                      f"{r['first_answer_ratio']:.3f}", f"{r['student_ratio']:.3f}",
+                      f"{r['first_answer_ratio']:.3f}", student_ratio_cell(r),
                       f"{r['peak_mb']:.1f}",
                       f"{r['peak_ratio']:.3f}", f"{r['full_answer_s']:.3f} s",
                       f"{r['full_peak_mb']:.1f}", "yes" if r["same_logits"] else "[red]NO[/red]")
     return table
+
+
+def student_ratio_cell(row: Mapping[str, Any]) -> str:
+    """``student_ratio`` with its 95% interval, when the rounds gave one."""
+    cell = f"{row['student_ratio']:.3f}"
+    if math.isnan(row["student_ratio_low"]):
+        return cell
+    return f"{cell} [{row['student_ratio_low']:.3f}, {row['student_ratio_high']:.3f}]"
 
 
 def write_results(rows: Sequence[dict[str, Any]], out: Path, name: str = "bench",

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from pwl.bench import (
     curve_variants,
     measure_curves,
     measure_target,
+    paired_ratio,
     run_variant,
 )
 from pwl.bench_worker import VARIANTS, logits_digest
@@ -112,6 +114,25 @@ def test_serve_cli_needs_a_data_config(tmp_path):
     assert "data=" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_paired_ratio_pairs_runs_of_one_round_and_bounds_its_median():
+    # The machine slows down over the rounds; each round's pair slows alike.
+    base = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+    times = [1.1 * b for b in base]
+    ratio, low, high = paired_ratio(times, base)
+    assert ratio == pytest.approx(1.1) and low == pytest.approx(1.1) and high == pytest.approx(1.1)
+    # the ratio of the medians over rounds would be the same here; a paired outlier is not
+    noisy = [1.1 * b for b in base[:-1]] + [base[-1] * 3.0]
+    ratio, low, high = paired_ratio(noisy, base)
+    assert ratio == pytest.approx(1.1)
+    assert low <= ratio <= high <= 3.0
+    spread = [b * r for b, r in zip(base, (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3))]
+    ratio, low, high = paired_ratio(spread, base)
+    assert ratio == pytest.approx(1.15) and 1.0 <= low < ratio < high <= 1.3
+    assert paired_ratio([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]) == (2.0, 2.0, 2.0)
+    ratio, low, high = paired_ratio([2.0, 3.0], [1.0, 1.0])
+    assert ratio == 2.5 and math.isnan(low) and math.isnan(high)
+
+
 def test_bench_measures_the_four_variants(tmp_path):
     hybrid, bundle = export_tiny(tmp_path / "bundle")
     target = bundle_target(bundle, tmp_path / "whole")
@@ -126,6 +147,8 @@ def test_bench_measures_the_four_variants(tmp_path):
         assert r["same_logits"], r["variant"]
     assert rows[0]["first_answer_ratio"] == rows[0]["bytes_ratio"] == 1.0
     assert by_variant["student_safetensors"]["student_ratio"] == 1.0
+    # one round: no interval
+    assert all(math.isnan(r["student_ratio_low"]) for r in rows)
     manifest = read_manifest(bundle)
     teacher_bytes = target.teacher_file.stat().st_size
     assert by_variant["bundle"]["bytes_ratio"] == (

@@ -37,54 +37,76 @@ from pwl.runtime.manifest import (
 from pwl.runtime.storage import check_names, read_tensors
 
 
-def assign_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str
-                   ) -> None:
+def assign_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str,
+                   checked: bool = False) -> None:
     """Makes ``tensors`` (keys relative to ``module``) the module's own, replacing meta ones.
 
     The tensors are used in place (``load_state_dict(assign=True)``), not copied.
     Raises ``CheckpointError`` naming ``source`` on missing, unexpected or misshapen keys.
+
+    Args:
+        checked: the names were already checked against ``expected_of`` the module (a
+            file's header, by ``read_tensors``), so the module is not walked again here.
     """
-    persistent = set(module.state_dict())
-    expected = persistent | {name for name, _ in module.named_buffers()}
-    check_names(expected, tensors.keys(), source)
+    if not checked:
+        check_names(_tensor_names(module), tensors.keys(), source)
     try:
-        module.load_state_dict({k: tensors[k] for k in persistent}, assign=True)
+        result = module.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as e:
         raise CheckpointError(f"{source} does not match the model in the manifest: "
                               f"{str(e).strip()}") from None
-    for name in expected - persistent:
+    if result.missing_keys:  # e.g. a module's extra state, which no tensor file holds
+        raise CheckpointError(f"{source} does not match the model in the manifest: "
+                              f"{len(result.missing_keys)} missing (e.g. "
+                              f"{result.missing_keys[0][:80]})")
+    # With the names checked, the keys a state dict does not take are the buffers that are
+    # not persistent; they become the module's own as well.
+    for name in result.unexpected_keys:
         owner, _, attr = name.rpartition(".")
         module.get_submodule(owner).register_buffer(attr, tensors[name], persistent=False)
 
 
+def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (persistent or not), tied ones under each name, as
+    ``state_dict`` names them, without its per-tensor detach."""
+    yield from module.named_parameters(remove_duplicate=False)
+    yield from module.named_buffers(remove_duplicate=False)
+
+
+def _tensor_names(module: nn.Module) -> set[str]:
+    return {name for name, _ in _named_tensors(module)}
+
+
 def _split_prefixes(tensors: Mapping[str, torch.Tensor], modules: Sequence[nn.Module],
-                    prefixes: Sequence[str], source: Path | str) -> None:
-    """Assigns each ``prefix``-keyed part of ``tensors`` to its module."""
+                    prefixes: Sequence[str], source: Path | str, checked: bool = False) -> None:
+    """Assigns each ``prefix``-keyed part of ``tensors`` to its module (``checked``: as in
+    ``assign_tensors``)."""
     rest = set(tensors)
     for module, prefix in zip(modules, prefixes):
         part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         rest -= {prefix + k for k in part}
-        assign_tensors(module, part, source)
+        assign_tensors(module, part, source, checked)
     if rest:
         raise CheckpointError(f"{source} holds tensors of no expected module "
                               f"(e.g. {sorted(rest)[0]}); re-export the bundle")
 
 
 def assign_unit(teacher: BlockNet, block: int, tensors: Mapping[str, torch.Tensor],
-                source: Path | str) -> None:
+                source: Path | str, checked: bool = False) -> None:
     """Materialises teacher swap unit ``block`` from the tensors of its block file.
 
     Shards stored below fp32 (``pwl.precision``) are dequantised here, so every
     reader of a bundle runs the same fp32 values the export measured.
     """
     _split_prefixes(dequantise(tensors, source), teacher.unit_modules(block),
-                    teacher.unit_prefixes(block), source)
+                    teacher.unit_prefixes(block), source, checked)
 
 
 def assign_parts(parts: Sequence[tuple[nn.Module, str]], tensors: Mapping[str, torch.Tensor],
-                 source: Path | str) -> None:
-    """Materialises each (module, key prefix) of ``parts`` from the tensors of one file."""
-    _split_prefixes(tensors, [m for m, _ in parts], [p for _, p in parts], source)
+                 source: Path | str, checked: bool = False) -> None:
+    """Materialises each (module, key prefix) of ``parts`` from the tensors of one file
+    (``checked``: as in ``assign_tensors``)."""
+    _split_prefixes(tensors, [m for m, _ in parts], [p for _, p in parts], source, checked)
 
 
 def import_builders(model_cfg: Mapping[str, Any], source: str | Path = MANIFEST) -> None:
@@ -201,14 +223,8 @@ def expected_of(parts: Sequence[tuple[nn.Module, str]]
     Read from the (meta) modules, so a file's safetensors header can be checked
     against the model before any of its tensor data is used.
     """
-    expected = {}
-    for module, prefix in parts:
-        # Every parameter and buffer (persistent or not), tied ones under each name, as
-        # state_dict lists them, without its per-tensor detach.
-        for named in (module.named_parameters(remove_duplicate=False),
-                      module.named_buffers(remove_duplicate=False)):
-            expected.update({prefix + k: (tuple(v.shape), v.dtype) for k, v in named})
-    return expected
+    return {prefix + name: (tuple(v.shape), v.dtype)
+            for module, prefix in parts for name, v in _named_tensors(module)}
 
 
 def check_num_blocks(hybrid: HybridNet, manifest: Mapping[str, Any], bundle: Path) -> None:
@@ -225,13 +241,18 @@ def load_bundle_hybrid(bundle_dir: str | Path) -> tuple[HybridNet, dict[str, Any
     hybrid = build_empty(manifest["model"], manifest["feature_shapes"], bundle / MANIFEST)
     check_num_blocks(hybrid, manifest, bundle)
 
-    def read(rel: str) -> dict[str, torch.Tensor]:
+    def read(rel: str) -> tuple[dict[str, torch.Tensor], bool]:
+        """The tensors of ``rel``, and whether their names were checked against the model."""
         expected = (expected_tensors(hybrid, rel, manifest) if stored_as_model(manifest, rel)
                     else None)
-        return read_tensors(bundle / rel, file_entry_of(manifest, rel), expected=expected)
+        tensors = read_tensors(bundle / rel, file_entry_of(manifest, rel), expected=expected)
+        return tensors, expected is not None
 
     for rel in sorted(side_files(manifest)):
-        assign_parts(file_parts(hybrid, rel, manifest), read(rel), bundle / rel)
+        tensors, checked = read(rel)
+        assign_parts(file_parts(hybrid, rel, manifest), tensors, bundle / rel, checked)
     for i in range(hybrid.num_blocks):
-        assign_unit(hybrid.teacher, i, read(teacher_block_file(i)), bundle / teacher_block_file(i))
+        rel = teacher_block_file(i)
+        tensors, checked = read(rel)
+        assign_unit(hybrid.teacher, i, tensors, bundle / rel, checked)
     return hybrid.eval(), manifest["model"]

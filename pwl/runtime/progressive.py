@@ -161,7 +161,8 @@ class ProgressiveModel:
         path = bundle / STUDENT_FILE
         entry = file_entry_of(manifest, STUDENT_FILE)
         expected = expected_of(parts) if stored_as_model(manifest, STUDENT_FILE) else None
-        assign_parts(parts, read_tensors(path, entry, Pacer(rate), mmap, device, expected), path)
+        assign_parts(parts, read_tensors(path, entry, Pacer(rate), mmap, device, expected), path,
+                     checked=expected is not None)
         model = cls(bundle, manifest, student.eval(), hybrid, device, rate, mmap, started)
         mask = model.mask
         model._record(LoadEvent(0, mask, None, model.elapsed(), entry.bytes, model.elapsed()))
@@ -318,7 +319,8 @@ class ProgressiveModel:
                     if not self._adapters_read:  # the first step brings the adapters too
                         extra = self._read_adapters(pacer, masks)
                     assign_unit(teacher, block, read_tensors(path, entry, pacer, self.mmap,
-                                                             self.device, expected), path)
+                                                             self.device, expected), path,
+                                checked=expected is not None)
                 except LoadingStopped:
                     return
                 except PWLError as e:
@@ -341,7 +343,7 @@ class ProgressiveModel:
         parts = file_parts(self._hybrid, ADAPTERS_FILE, self.manifest)
         expected = expected_of(parts) if stored_as_model(self.manifest, ADAPTERS_FILE) else None
         assign_parts(parts, read_tensors(path, entry, pacer, self.mmap, self.device, expected),
-                     path)
+                     path, checked=expected is not None)
         self._adapters_read = True
         self._free_unused(masks)
         return entry.bytes
