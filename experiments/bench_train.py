@@ -19,8 +19,9 @@ variants on the same batch:
   from the cached feature, on the masks the step itself ran.
 
 ``--switches`` turns speed switches on for all four (default: plain fp32, contiguous).
-The table gives images/s of the step, overhead = step / baseline, step / floor and
-the naive speed-up = naive / step. With ``--eval``, stage evaluation of every mask
+The table gives images/s of the step, overhead = step / baseline, step / floor,
+floor / baseline (the least overhead any implementation of the step's compute can have)
+and the naive speed-up = naive / step. With ``--eval``, stage evaluation of every mask
 (``pwl.evaluate orders=[all]``) with the shared-prefix ``StageEvaluator`` is timed
 against one forward per mask from the input, with the blocks each runs.
 
@@ -144,6 +145,7 @@ class TrainRow:
     images_per_s: float
     overhead: float
     step_over_floor: float
+    floor_over_baseline: float
     naive_speedup: float
     step_masks: list[list[str]]
     naive_masks: list[list[str]]
@@ -362,6 +364,7 @@ def bench_train(pair: str, mode: str, batch: int, rounds: int, steps: int,
         teacher_ms=ms(times["floor_teacher"]), student_ms=ms(times["floor_student"]),
         suffixes_ms=ms(times["floor_suffixes"]),
         images_per_s=batch / step * 1e3, overhead=step / baseline, step_over_floor=step / floor,
+        floor_over_baseline=floor / baseline,
         naive_speedup=naive / step,
         step_masks=masks["step"], naive_masks=masks["naive"], floor_masks=masks["floor"])
 
@@ -500,11 +503,13 @@ def write_rows(rows: Sequence[TrainRow | EvalRow | LeverRow], row_type: type, st
 def train_table(rows: Sequence[TrainRow]) -> Table:
     switches = sorted({r.switches for r in rows})
     table = Table(title=f"distillation step ({', '.join(switches)})")
-    for col in ("pair", "mode", "images/s", "overhead", "step/floor", "naive speed-up"):
+    for col in ("pair", "mode", "images/s", "overhead", "step/floor", "floor/baseline",
+                "naive speed-up"):
         table.add_column(col, justify="left" if col in ("pair", "mode") else "right")
     for r in rows:
         table.add_row(r.pair, r.mode, f"{r.images_per_s:.1f}", f"{r.overhead:.2f}x",
-                      f"{r.step_over_floor:.2f}", f"{r.naive_speedup:.2f}x")
+                      f"{r.step_over_floor:.2f}", f"{r.floor_over_baseline:.2f}x",
+                      f"{r.naive_speedup:.2f}x")
     return table
 
 

@@ -26,7 +26,8 @@ _spec.loader.exec_module(bench)
 STEPS = 2
 TRAIN_COLUMNS = ["pair", "mode", "switches", "num_blocks", "batch", "timed_steps", "masks_per_step",
                  "step_ms", "naive_ms", "baseline_ms", "floor_ms", "teacher_ms", "student_ms",
-                 "suffixes_ms", "images_per_s", "overhead", "step_over_floor", "naive_speedup"]
+                 "suffixes_ms", "images_per_s", "overhead", "step_over_floor", "floor_over_baseline",
+                 "naive_speedup"]
 EVAL_COLUMNS = ["pair", "num_blocks", "masks", "batch", "timed_batches", "shared_ms",
                 "naive_ms", "shared_images_per_s", "naive_images_per_s", "speedup",
                 "block_runs", "naive_block_runs"]
@@ -64,6 +65,10 @@ def test_the_training_table_has_a_row_per_mode_with_positive_numbers(run):
     assert {r["switches"] for r in rows} == {"fp32"}
     for row in rows:
         assert_positive_numbers(row, TRAIN_COLUMNS[3:])
+    for r in results["train"]:
+        # the overhead splits into the step's distance to its floor and the floor's own
+        assert r.floor_over_baseline == pytest.approx(r.floor_ms / r.baseline_ms)
+        assert r.overhead == pytest.approx(r.step_over_floor * r.floor_over_baseline)
     saved = json.loads((out / "train.json").read_text())
     assert saved["meta"]["batch"] == 4
     assert [r["mode"] for r in saved["rows"]] == ["random", "all_prefix"]
