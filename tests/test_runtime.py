@@ -1,3 +1,4 @@
+import gc
 import threading
 import time
 
@@ -286,3 +287,60 @@ def test_building_on_meta_skips_initialisation_but_not_shapes():
     assert all(v.is_meta for v in meta.state_dict().values())
     assert ({k: (v.shape, v.dtype) for k, v in meta.state_dict().items()}
             == {k: (v.shape, v.dtype) for k, v in cpu.state_dict().items()})
+
+
+@pytest.fixture
+def gc_state():
+    """Restores the collector's switch and thresholds after a test that changes them."""
+    enabled, thresholds = gc.isenabled(), gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
+    (gc.enable if enabled else gc.disable)()
+
+
+def test_open_runs_no_cyclic_collection_and_leaves_the_collector_as_it_was(tmp_path, gc_state,
+                                                                            monkeypatch):
+    from pwl.runtime import progressive
+
+    hybrid, bundle = export_tiny(tmp_path / "bundle")
+    x = torch.randn(2, 3, 16, 16)
+    ProgressiveModel.open(bundle).predict(x)  # imports and first calls out of the way
+    collections, marks = [], {}
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    def marked(name, fn, at):
+        def call(*args, **kwargs):
+            if at == "first":
+                marks[name] = len(collections)
+            result = fn(*args, **kwargs)
+            if at == "last":
+                marks[name] = len(collections)
+            return result
+        return call
+
+    # open's first and last steps: the collections between them ran while it worked
+    monkeypatch.setattr(progressive, "read_manifest",
+                        marked("first", progressive.read_manifest, "first"))
+    monkeypatch.setattr(progressive, "assign_parts",
+                        marked("last", progressive.assign_parts, "last"))
+    gc.callbacks.append(count)
+    try:
+        gc.enable()
+        gc.set_threshold(1)  # a collection on nearly every allocation, unless held off
+        ProgressiveModel.open(bundle).predict(x)
+        assert gc.isenabled()
+        assert marks["last"] == marks["first"]
+        assert len(collections) > marks["last"]  # it collects again once open is done
+        gc.disable()
+        ProgressiveModel.open(bundle)
+        assert not gc.isenabled()
+        gc.enable()
+        flip_byte(bundle / "student.safetensors")
+        with pytest.raises(CheckpointError):
+            ProgressiveModel.open(bundle)
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(count)
