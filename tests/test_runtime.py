@@ -344,3 +344,37 @@ def test_open_runs_no_cyclic_collection_and_leaves_the_collector_as_it_was(tmp_p
         assert gc.isenabled()
     finally:
         gc.callbacks.remove(count)
+
+
+def test_prefetch_asks_for_regular_files_only_and_never_blocks(tmp_path, monkeypatch):
+    import os
+
+    from pwl.runtime import storage
+
+    advised = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, offset, length, advice: advised.append(advice)
+                        or real(fd, offset, length, advice))
+    regular = tmp_path / "student.safetensors"
+    regular.write_bytes(b"x" * 4096)
+    (tmp_path / "link").symlink_to(regular)
+    os.mkfifo(tmp_path / "fifo")  # opening it for reading would wait for a writer
+    assert storage.prefetch(regular)
+    assert advised == [os.POSIX_FADV_WILLNEED]
+    for path in (tmp_path / "link", tmp_path / "fifo", tmp_path, tmp_path / "missing"):
+        assert not storage.prefetch(path)
+    assert advised == [os.POSIX_FADV_WILLNEED]
+
+
+def test_open_prefetches_the_student_file_before_it_reads_the_manifest(tmp_path, monkeypatch):
+    from pwl.runtime import progressive
+
+    _, bundle = export_tiny(tmp_path / "bundle")
+    calls = []
+    monkeypatch.setattr(progressive, "prefetch", lambda path: calls.append(path.name))
+    read_manifest = progressive.read_manifest
+    monkeypatch.setattr(progressive, "read_manifest",
+                        lambda path: calls.append("manifest") or read_manifest(path))
+    ProgressiveModel.open(bundle)
+    assert calls == ["student.safetensors", "manifest"]

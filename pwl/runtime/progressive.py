@@ -57,7 +57,7 @@ from pwl.runtime.materialise import (
     expected_tensors,
     file_parts,
 )
-from pwl.runtime.storage import LoadingStopped, Pacer, read_tensors
+from pwl.runtime.storage import LoadingStopped, Pacer, prefetch, read_tensors
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,9 @@ class ProgressiveModel:
             bundle = Path(bundle)
             device = torch.device(device)
             rate = parse_bandwidth(bandwidth)
+            # The student file is read after the manifest is checked and the student is
+            # built; asked for now, its disk read overlaps that work.
+            prefetch(bundle / STUDENT_FILE)
             manifest = read_manifest(bundle)
             source = bundle / MANIFEST
             if adapters_file_of(manifest) == STUDENT_FILE:  # format 1: the adapters come too

@@ -120,6 +120,37 @@ def open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def prefetch(path: Path) -> bool:
+    """Asks the kernel to start reading ``path`` into the page cache, without waiting.
+
+    For a file that will be read soon, after other work: its disk read then overlaps that
+    work. Only a regular file that is not a symbolic link is touched (``lstat`` first; the
+    open refuses a link swapped in and never blocks), and nothing is read here, so a file
+    that turns out bad is refused by the read that follows, as before.
+
+    Returns:
+        True if the kernel was asked; False where ``posix_fadvise`` is missing (macOS,
+        Windows) or the path is not a regular file.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def read_file(path: Path, pacer: Pacer | None = None, keep: bool = True,
               digest: bool = True, limit: int | None = None,
               regular_only: bool = False) -> tuple[bytes | None, str | None]:
