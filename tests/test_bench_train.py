@@ -26,8 +26,8 @@ _spec.loader.exec_module(bench)
 STEPS = 2
 TRAIN_COLUMNS = ["pair", "mode", "switches", "num_blocks", "batch", "timed_steps", "masks_per_step",
                  "step_ms", "naive_ms", "baseline_ms", "floor_ms", "teacher_ms", "student_ms",
-                 "suffixes_ms", "images_per_s", "overhead", "step_over_floor", "floor_over_baseline",
-                 "naive_speedup"]
+                 "suffixes_ms", "adapters_ms", "images_per_s", "overhead", "step_over_floor",
+                 "step_over_floor_adapters", "floor_over_baseline", "naive_speedup"]
 EVAL_COLUMNS = ["pair", "num_blocks", "masks", "batch", "timed_batches", "shared_ms",
                 "naive_ms", "shared_images_per_s", "naive_images_per_s", "speedup",
                 "block_runs", "naive_block_runs"]
@@ -69,6 +69,8 @@ def test_the_training_table_has_a_row_per_mode_with_positive_numbers(run):
         # the overhead splits into the step's distance to its floor and the floor's own
         assert r.floor_over_baseline == pytest.approx(r.floor_ms / r.baseline_ms)
         assert r.overhead == pytest.approx(r.step_over_floor * r.floor_over_baseline)
+        assert r.step_over_floor_adapters == pytest.approx(
+            r.step_ms / (r.floor_ms + r.adapters_ms))
     saved = json.loads((out / "train.json").read_text())
     assert saved["meta"]["batch"] == 4
     assert [r["mode"] for r in saved["rows"]] == ["random", "all_prefix"]
@@ -154,3 +156,27 @@ def test_a_lever_variant_trains_the_same_model_as_fp32():
     kernels = [p for p in nhwc.teacher_net.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
     assert nhwc.teacher_net is not nhwc.distill.hybrid.teacher   # its steps leave the frozen one
+
+
+def test_the_adapter_part_runs_the_feature_terms_conversions_at_learnable_boundaries():
+    cfg = bench.compose_pair("default")
+    module, _ = bench.distill_module(cfg, "fp32", 0)
+    x, _ = bench.random_batch(cfg, 2)
+    hybrid = module.hybrid
+    calls = []
+    convert = hybrid.convert
+    hybrid.convert = lambda i, f, to: calls.append((i, to, f.requires_grad)) or convert(i, f, to)
+    seconds, count = bench.adapter_conversions(hybrid, x, ["feature_sync", "feature_recon"])
+    # 3 learnable boundaries x (to_S(t), to_T(s), to_T(to_S(t)), to_T(sg(s)), to_S(...))
+    assert seconds > 0 and count == 3 * 4 and len(calls) == 2 * 3 * 5
+    assert all(p.grad is not None for p in hybrid.adapters.parameters())
+    calls.clear()
+    assert bench.adapter_conversions(hybrid, x, ["feature_sync"])[1] == 3 * 2
+    assert bench.adapter_conversions(hybrid, x, []) == (0.0, 0)
+    assert len(calls) == 2 * 3 * 2  # sync alone: to_S(t) and to_T(s); no terms: nothing
+
+    # The reference ResNet pair has equal widths: identities everywhere, nothing to convert.
+    same = bench.compose_pair("resnet")
+    identities, _ = bench.distill_module(same, "fp32", 0)
+    assert bench.adapter_conversions(identities.hybrid, bench.random_batch(same, 2)[0],
+                                     ["feature_sync", "feature_recon"]) == (0.0, 0)
