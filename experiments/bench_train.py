@@ -300,13 +300,13 @@ FEATURE_TERMS = ("feature_sync", "feature_recon")
 def adapter_conversions(hybrid: HybridNet, x: torch.Tensor, terms: Sequence[str],
                         bf16: bool = False) -> tuple[float, int]:
     """Seconds of the adapter conversions the feature terms ``terms`` run, forward and
-    backward, timed alone; and how many there were.
+    backward, timed alone; and how many outputs they give.
 
     Per boundary whose adapters are learnable: ``to_S(t_i)`` (shared by both terms),
     ``to_T(s_i)`` for sync, and ``to_T(to_S(t_i))`` and ``to_S(to_T(sg(s_i)))`` for the
     reconstruction. Gradients of ones stand in for the distances' (made before the clock
-    starts), so the distances themselves stay out. Boundaries whose adapters are both
-    identities convert nothing.
+    starts, like the feature they convert into), so the distances themselves stay out.
+    Boundaries whose adapters are both identities convert nothing.
     """
     sync, recon = (name in terms for name in FEATURE_TERMS)
     learnable = [i for i in range(hybrid.num_blocks - 1) if not hybrid.adapters.is_identity(i)]
@@ -315,31 +315,32 @@ def adapter_conversions(hybrid: HybridNet, x: torch.Tensor, terms: Sequence[str]
     with autocast(bf16), torch.no_grad():
         teacher_feats = hybrid.teacher.forward_features(x)
         student_feats = hybrid.student.forward_features(x)
-    with autocast(bf16), torch.no_grad():  # the shapes and dtypes of the gradients to come
-        shapes = [o for i in learnable for o in _conversions(hybrid, i, teacher_feats[i],
-                                                              student_feats[i], sync, recon)]
-    grads = [torch.ones_like(o) for o in shapes]
-    del shapes
+    ones = {"S": [torch.ones_like(f) for f in student_feats],
+            "T": [torch.ones_like(f) for f in teacher_feats]}
     hybrid.zero_grad(set_to_none=True)
     start = time.perf_counter()
+    outs, grads = [], []
     with autocast(bf16):
-        outs = [o for i in learnable for o in _conversions(
-            hybrid, i, teacher_feats[i], student_feats[i].detach().requires_grad_(sync),
-            sync, recon)]
+        for i in learnable:
+            s = student_feats[i].detach().requires_grad_(sync)
+            for space, out in _conversions(hybrid, i, teacher_feats[i], s, sync, recon):
+                outs.append(out)
+                grads.append(ones[space][i])
     torch.autograd.backward(outs, grads)
     return time.perf_counter() - start, len(outs)
 
 
 def _conversions(hybrid: HybridNet, i: int, t: torch.Tensor, s: torch.Tensor, sync: bool,
-                 recon: bool) -> list[torch.Tensor]:
-    """The feature terms' conversions at boundary ``i`` (see ``adapter_conversions``)."""
+                 recon: bool) -> list[tuple[str, torch.Tensor]]:
+    """The feature terms' conversions at boundary ``i`` (see ``adapter_conversions``), each
+    with the space ('S'/'T') it lands in."""
     t_in_s = hybrid.convert(i, t, "S")
-    outs = [t_in_s]
+    outs = [("S", t_in_s)]
     if sync:
-        outs.append(hybrid.convert(i, s, "T"))
+        outs.append(("T", hybrid.convert(i, s, "T")))
     if recon:
-        outs.append(hybrid.convert(i, t_in_s, "T"))
-        outs.append(hybrid.convert(i, hybrid.convert(i, s.detach(), "T"), "S"))
+        outs.append(("T", hybrid.convert(i, t_in_s, "T")))
+        outs.append(("S", hybrid.convert(i, hybrid.convert(i, s.detach(), "T"), "S")))
     return outs
 
 
