@@ -10,6 +10,9 @@ validation split (for the checks) and on the test split (for the final table)
 -> bundle export (first loss, first seed) -> report (mean, std and 95% interval
 over seeds; paired differences against kd). A step whose outputs exist is
 skipped (use --force to redo), so an interrupted run continues where it stopped.
+Training runs in a process of its own; the evaluations and the export run in this
+one (the recorded command line does the same from a shell), so each costs its work
+and not another start of torch, Lightning and Hydra.
 
 Model selection uses the validation split only: checkpoints are chosen on it,
 and the quality checks (the experiment config's ``checks``) are read on it. The
@@ -21,6 +24,7 @@ receives the report, ``reproduce.json`` (commands, wall times, checks) and
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import shlex
@@ -32,13 +36,20 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from pwl.atomic import atomic_write_text
+from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.report import report
 from pwl.stages import read_stages
 
 ROOT = Path(__file__).resolve().parents[1]
+# Entry points a step may run in this process: module -> (its config, its function of the
+# config). Imported by the first step that runs one, so that step's time includes the import.
+IN_PROCESS: dict[str, tuple[str, str]] = {
+    "pwl.evaluate": ("evaluate", "evaluate"),
+    "pwl.export": ("export", "export"),
+}
 
 
 def portable(cmd: list[str]) -> str:
@@ -53,13 +64,53 @@ def read_ledger(ledger: Path) -> dict[str, float]:
     return json.loads(ledger.read_text()) if ledger.is_file() else {}
 
 
+def run_in_process(cmd: list[str]) -> int:
+    """Runs ``python -m <module> <overrides>`` (a module of ``IN_PROCESS``) in this process.
+
+    The overrides compose the module's config as its command line would. With
+    ``hydra.run.dir=D`` the run directory gets what Hydra writes there (``.hydra/config.yaml``
+    and ``overrides.yaml``, unless the config sets ``hydra.output_subdir`` to null; the
+    report reads them to name the runs) and an unset ``out`` becomes ``D``, where the module
+    then writes its files, as from the command line. A user error is printed on one line and
+    gives exit code 2, as from the command line.
+    """
+    module, overrides = cmd[2], cmd[3:]
+    config, name = IN_PROCESS[module]
+    task = [o for o in overrides if not o.startswith("hydra.")]
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+
+    @user_errors_as_one_line
+    def run() -> None:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config, overrides, return_hydra_config=True)
+        subdir = cfg.hydra.output_subdir
+        with open_dict(cfg):
+            del cfg["hydra"]
+        if given and subdir is not None:
+            saved = Path(given[0]) / subdir
+            saved.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved / "config.yaml", OmegaConf.to_yaml(cfg))
+            atomic_write_text(saved / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task)))
+        if given and "out" in cfg and cfg.out is None:
+            cfg.out = given[0]
+        getattr(importlib.import_module(module), name)(cfg)
+
+    try:
+        run()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
 def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
-         earlier: dict[str, float], ledger: Path | None = None) -> None:
+         earlier: dict[str, float], ledger: Path | None = None,
+         in_process: bool = False) -> None:
     """Runs one step unless its output exists; a skipped step keeps its earlier wall time.
 
     A finished step's time also goes to ``ledger`` (``steps.json`` in the runs
     directory) at once, so an invocation that is stopped before its report still
-    hands its times to the one that resumes it.
+    hands its times to the one that resumes it. ``in_process``: ``cmd`` is
+    ``python -m <module of IN_PROCESS> ...``, run here by ``run_in_process``.
     """
     shown = portable(cmd)
     if done.exists() and not force:
@@ -69,11 +120,11 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT)
+    code = run_in_process(cmd) if in_process else subprocess.run(cmd, cwd=ROOT).returncode
     seconds = time.perf_counter() - start
     log.append({"step": name, "command": shown, "seconds": round(seconds, 1), "skipped": False})
-    if result.returncode != 0:
-        sys.exit(f"[{name}] failed with exit code {result.returncode}; fix it and run again "
+    if code != 0:
+        sys.exit(f"[{name}] failed with exit code {code}; fix it and run again "
                  "(finished steps are kept)")
     if ledger is not None:
         atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: round(seconds, 1)},
@@ -215,7 +266,7 @@ def main() -> None:
                 step(f"evaluate {name} ({split})",
                      [*py, "pwl.evaluate", f"checkpoint={run}", f"split={split}",
                       f"orders={orders}", f"hydra.run.dir={out}"],
-                     out / "stages.csv", log, args.force, earlier, ledger)
+                     out / "stages.csv", log, args.force, earlier, ledger, in_process=True)
                 evals[loss][split].append(out)
     if args.only == "distill":
         return
@@ -223,7 +274,7 @@ def main() -> None:
     bundle = runs / "bundle"
     step("export", [*py, "pwl.export", f"checkpoint={first}", f"out={bundle}",
                     f"hydra.run.dir={runs / 'export'}"],
-         bundle / "manifest.json", log, args.force, earlier, ledger)
+         bundle / "manifest.json", log, args.force, earlier, ledger, in_process=True)
 
     start = time.perf_counter()
     pairs = [(loss, "kd") for loss in args.losses if loss != "kd" and "kd" in args.losses]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import TINY, export_tiny, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # A script, not a module of the package: loaded from its path.
@@ -113,3 +113,36 @@ def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_
     with pytest.raises(SystemExit, match="exit code 3"):
         reproduce.step("distill", failing, tmp_path / "never", [], False, {}, ledger)
     assert set(json.loads(ledger.read_text())) == {"teacher"}
+
+
+def test_an_in_process_step_writes_what_its_command_line_writes(tmp_path):
+    _, bundle = export_tiny(tmp_path / "bundle")
+    overrides = [f"checkpoint={bundle}", "split=test", "orders=[prefix,suffix]"]
+    cli = run_module("pwl.evaluate", *overrides, f"hydra.run.dir={tmp_path / 'cli'}")
+    assert cli.returncode == 0, cli.stderr[-2000:]
+
+    here, log = tmp_path / "here", []
+    cmd = [sys.executable, "-m", "pwl.evaluate", *overrides, f"hydra.run.dir={here}"]
+    reproduce.step("evaluate", cmd, here / "stages.csv", log, False, {}, tmp_path / "steps.json",
+                   in_process=True)
+    assert log[0]["command"] == reproduce.portable(cmd) and not log[0]["skipped"]
+    columns = ("order", "k", "mask", "accuracy", "bytes_loaded")
+    rows = [[(getattr(r, c) for c in columns) for r in reproduce.read_stages(d / "stages.csv")]
+            for d in (tmp_path / "cli", here)]
+    assert [list(r) for r in rows[0]] == [list(r) for r in rows[1]]
+    for name in ("config.yaml", "overrides.yaml"):  # what the report names runs by
+        assert (here / ".hydra" / name).read_text() == (tmp_path / "cli" / ".hydra" / name
+                                                        ).read_text()
+
+
+def test_an_in_process_step_that_fails_says_why_in_one_line(tmp_path, capsys):
+    missing, ledger = tmp_path / "missing", tmp_path / "steps.json"
+    cmd = [sys.executable, "-m", "pwl.evaluate", f"checkpoint={missing}",
+           f"hydra.run.dir={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit, match="exit code 2"):
+        reproduce.step("evaluate", cmd, tmp_path / "out" / "stages.csv", [], False, {}, ledger,
+                       in_process=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: checkpoint={missing} does not exist; pass a distill run directory, "
+                   "a Lightning .ckpt or a bundle directory"]
+    assert not ledger.exists()
