@@ -453,6 +453,12 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
     console = make_console()
     out = run_dir()
     workdir = Path(to_absolute_path(cfg.workdir)) if cfg.workdir else None
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"workdir={workdir} cannot be created ({e.strerror}); pass a "
+                              "writable directory or workdir=null") from None
     curves_cfg = cfg.get("curves")
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []

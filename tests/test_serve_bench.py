@@ -221,3 +221,15 @@ def test_bench_curves_score_each_dtype_and_order(tmp_path):
         assert [m for _, m, _ in curve.stages] == orders[r["order"]]
         assert r["mean_accuracy_window"] == pytest.approx(
             mean_accuracy(curve.stages, window))
+
+
+def test_bench_names_a_workdir_it_cannot_create_in_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    workdir = tmp_path / "a_file" / "work"
+    _, bundle = export_tiny(tmp_path / "bundle")
+    result = run_module("pwl.bench", f"bundle={bundle}", "random_pair=false", "curves=null",
+                        f"workdir={workdir}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: workdir={workdir} cannot be created (Not a directory); pass a writable "
+        "directory or workdir=null"]
