@@ -378,3 +378,63 @@ def test_open_prefetches_the_student_file_before_it_reads_the_manifest(tmp_path,
                         lambda path: calls.append("manifest") or read_manifest(path))
     ProgressiveModel.open(bundle)
     assert calls == ["student.safetensors", "manifest"]
+
+
+@pytest.fixture
+def reads_ahead(monkeypatch):
+    """Every file counts as large: the tiny bundle's student file is read ahead."""
+    from pwl.runtime import storage
+
+    monkeypatch.setattr(storage, "_HASH_APART_BYTES", 1)
+    started = []
+    real = storage.BackgroundRead.__init__
+    monkeypatch.setattr(storage.BackgroundRead, "__init__",
+                        lambda self, path, limit: started.append(path.name)
+                        or real(self, path, limit))
+    return started
+
+
+def test_a_large_student_file_is_read_while_the_student_is_built(exported, reads_ahead):
+    _, bundle, x, expected = exported
+    model = ProgressiveModel.open(bundle)
+    assert reads_ahead == ["student.safetensors"]
+    assert torch.equal(model.predict(x), expected["SSSS"])
+    model.start_loading()
+    model.wait(timeout=60)
+    assert torch.equal(model.predict(x), expected["TTTT"])
+
+
+@pytest.mark.parametrize("fault, message", [
+    (truncate, "bytes but the manifest says"),
+    (flip_byte, "sha256"),
+    (lambda p: flip_byte(p, offset=12), "sha256"),  # a corrupt header is named by the hash
+])
+def test_a_bad_student_file_read_ahead_is_refused(exported, reads_ahead, fault, message):
+    _, bundle, _, _ = exported
+    fault(bundle / "student.safetensors")
+    with pytest.raises(CheckpointError, match=f"student.safetensors.*{message}"):
+        ProgressiveModel.open(bundle)
+    assert reads_ahead == ([] if fault is truncate else ["student.safetensors"])
+
+
+def test_no_read_ahead_for_a_paced_or_mapped_open(exported, reads_ahead):
+    _, bundle, x, expected = exported
+    for model in (ProgressiveModel.open(bundle, bandwidth="1GB"),
+                  ProgressiveModel.open(bundle, mmap=True)):
+        assert torch.equal(model.predict(x), expected["SSSS"])
+    assert reads_ahead == []
+
+
+def test_a_background_read_hands_its_error_to_the_reader(tmp_path):
+    from pwl.runtime.storage import BackgroundRead
+
+    target = tmp_path / "student.safetensors"
+    target.write_bytes(b"x" * 64)
+    (tmp_path / "link").symlink_to(target)
+    read = BackgroundRead(tmp_path / "link", 64)
+    with pytest.raises(CheckpointError, match="link"):
+        read.data()
+    with pytest.raises(CheckpointError, match="link"):
+        read.sha256()
+    read = BackgroundRead(target, 64)
+    assert read.data() == b"x" * 64 and len(read.sha256()) == 64

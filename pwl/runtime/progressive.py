@@ -57,7 +57,7 @@ from pwl.runtime.materialise import (
     expected_tensors,
     file_parts,
 )
-from pwl.runtime.storage import LoadingStopped, Pacer, prefetch, read_tensors
+from pwl.runtime.storage import LoadingStopped, Pacer, prefetch, read_ahead, read_tensors
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,15 @@ class ProgressiveModel:
             bundle = Path(bundle)
             device = torch.device(device)
             rate = parse_bandwidth(bandwidth)
-            # The student file is read after the manifest is checked and the student is
+            # The student file is used after the manifest is checked and the student is
             # built; asked for now, its disk read overlaps that work.
-            prefetch(bundle / STUDENT_FILE)
+            path = bundle / STUDENT_FILE
+            prefetch(path)
             manifest = read_manifest(bundle)
+            entry = file_entry_of(manifest, STUDENT_FILE)
+            # Once the manifest vouches for its size, a large student file is read and
+            # hashed while the student is built (checked as any read before it is used).
+            ahead = read_ahead(path, entry) if rate is None and not mmap else None
             source = bundle / MANIFEST
             if adapters_file_of(manifest) == STUDENT_FILE:  # format 1: the adapters come too
                 hybrid = build_empty(manifest["model"], manifest["feature_shapes"], source)
@@ -185,10 +190,8 @@ class ProgressiveModel:
                                           "model config builds a student of "
                                           f"N={student.num_blocks} blocks; re-export the bundle")
                 parts = [(student, "student.")]
-            path = bundle / STUDENT_FILE
-            entry = file_entry_of(manifest, STUDENT_FILE)
             expected = expected_of(parts) if stored_as_model(manifest, STUDENT_FILE) else None
-            tensors = read_tensors(path, entry, Pacer(rate), mmap, device, expected)
+            tensors = read_tensors(path, entry, Pacer(rate), mmap, device, expected, ahead)
             assign_parts(parts, tensors, path, checked=expected is not None)
             model = cls(bundle, manifest, student.eval(), hybrid, device, rate, mmap, started)
             mask = model.mask

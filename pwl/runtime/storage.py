@@ -17,7 +17,6 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -213,10 +212,72 @@ def check_sha256(path: Path, entry: FileEntry, sha256: str) -> None:
                               f"{entry.sha256[:16]}...; the file is corrupt, re-export the bundle")
 
 
+class BackgroundRead:
+    """A file read and then hashed on a thread of its own, from the moment it is made.
+
+    Nothing is parsed there: ``data`` hands over the bytes as soon as they are read and
+    ``sha256`` their digest when it is done, so the caller can make the tensors while the
+    hash runs (hashlib and the read release the GIL) and must check the digest before
+    anything it made leaves its hands (``read_tensors`` does).
+
+    Args:
+        path: the file (a regular file that is not a symbolic link, else the read fails
+            with ``CheckpointError``, raised by ``data``).
+        limit: read at most this many bytes plus one.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self._limit = limit
+        self._data: bytes | None = None
+        self._sha256: str | None = None
+        self._error: Exception | None = None
+        self._read = threading.Event()
+        self._hashed = threading.Event()
+        threading.Thread(target=self._run, name="pwl-read", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._data, _ = read_file(self.path, limit=self._limit, digest=False,
+                                      regular_only=True)
+            self._read.set()
+            self._sha256 = hashlib.sha256(self._data).hexdigest()
+        except Exception as e:  # handed to the caller's thread by data()
+            self._error = e
+        finally:
+            self._read.set()
+            self._hashed.set()
+
+    def data(self) -> bytes:
+        """The file's bytes, once read; raises what the read raised."""
+        self._read.wait()
+        if self._data is None:
+            raise self._error or CheckpointError(f"cannot read {self.path}")
+        return self._data
+
+    def sha256(self) -> str:
+        """The hex digest of ``data``, once computed."""
+        self._hashed.wait()
+        if self._sha256 is None:
+            raise self._error or CheckpointError(f"cannot hash {self.path}")
+        return self._sha256
+
+
+def read_ahead(path: Path, entry: FileEntry) -> BackgroundRead | None:
+    """Starts reading and hashing ``path`` (a file the manifest lists as ``entry``, its
+    layout already checked) now, for a read that comes after other work.
+
+    From ``_HASH_APART_BYTES`` on, the file is read and hashed on a thread
+    (``BackgroundRead``), so both overlap that work; below, None: its read and hash take
+    about as long as a thread's start.
+    """
+    return BackgroundRead(path, entry.bytes) if entry.bytes >= _HASH_APART_BYTES else None
+
+
 def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap: bool = False,
                  device: torch.device | str = "cpu",
-                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]] | None = None
-                 ) -> dict[str, torch.Tensor]:
+                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]] | None = None,
+                 ahead: BackgroundRead | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file whose size and sha256 match ``entry``.
 
     The header is checked (``parse_header``), and against ``expected`` when given,
@@ -227,25 +288,29 @@ def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap:
             safetensors' memory map; else parse the bytes read into memory.
         expected: name -> (shape, dtype or None for any) of every tensor the file must
             hold, and of no other.
+        ahead: the file's read, started earlier by ``read_ahead`` (unpaced reads into
+            memory only); its bytes are checked here as any others.
     """
     check_size(path, entry)
     pacer = pacer or Pacer()
-    if mmap or pacer.rate is not None or entry.bytes < _HASH_APART_BYTES:
+    if ahead is None and (mmap or pacer.rate is not None or entry.bytes < _HASH_APART_BYTES):
         # Paced reads hash each chunk as it arrives, in the time the pace leaves idle.
         data, sha = read_file(path, pacer, keep=not mmap, limit=entry.bytes, regular_only=True)
         check_sha256(path, entry, sha)
         return _tensors(path, entry, data, mmap, device, expected)
-    # Unpaced: the hash runs on another core (hashlib releases the GIL) while the header
-    # is checked and the tensors are made; nothing leaves here before the hash matches.
-    data, _ = read_file(path, pacer, limit=entry.bytes, digest=False, regular_only=True)
-    with ThreadPoolExecutor(1, thread_name_prefix="pwl-sha256") as pool:
-        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-        try:
-            tensors = _tensors(path, entry, data, mmap, device, expected)
-        except CheckpointError:
-            check_sha256(path, entry, digest.result())  # a corrupt file is named as such
-            raise
-        check_sha256(path, entry, digest.result())
+    if mmap or pacer.rate is not None:
+        raise ValueError("read_tensors: a read started ahead is an unpaced read into memory")
+    # Unpaced: the hash runs on another core while the header is checked and the tensors
+    # are made; nothing leaves here before the hash matches.
+    ahead = ahead or BackgroundRead(path, entry.bytes)
+    data = ahead.data()
+    pacer.consumed(len(data))
+    try:
+        tensors = _tensors(path, entry, data, False, device, expected)
+    except CheckpointError:
+        check_sha256(path, entry, ahead.sha256())  # a corrupt file is named as such
+        raise
+    check_sha256(path, entry, ahead.sha256())
     return tensors
 
 
