@@ -12,55 +12,29 @@ The data config is the one the model was trained with when the run saved it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
 from pwl import speed
 from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import CONF_DIR, user_errors_as_one_line
-from pwl.data.registry import build_datamodule
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import resolve_masks
-from pwl.runtime.manifest import MANIFEST, read_manifest, teacher_block_file
+from pwl.runtime.bundle import is_bundle, read_manifest
 from pwl.schemas import check_app_config
 from pwl.stages import (
     StageResult,
     accuracy_by_mask,
-    evaluate_stages,
+    evaluate_on_split,
     mask_bytes,
     write_masks,
     write_stages,
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name!r} is unknown; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def preprocessed(dm: Any, loader: Any, device: torch.device, limit: int | None,
-                 description: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches on ``device``, normalised as at evaluation, with a progress bar."""
-    total = min(len(loader), limit) if limit else len(loader)
-    for b, (images, labels) in enumerate(track(loader, description=description, total=total,
-                                               transient=True)):
-        if b >= total:
-            break
-        yield dm.preprocess(images.to(device), train=False), labels.to(device)
 
 
 def print_result(result: StageResult, paths: dict[str, Path], console: Console) -> None:
@@ -92,11 +66,7 @@ def resolve_split(split: str, orders: list[str]) -> str:
 
 def bundle_block_bytes(checkpoint: Path) -> list[int] | None:
     """Sizes of a bundle's teacher files (at their stored precision), or None for a run."""
-    if not (checkpoint.is_dir() and (checkpoint / MANIFEST).is_file()):
-        return None
-    manifest = read_manifest(checkpoint)
-    return [int(manifest["files"][teacher_block_file(i)]["bytes"])
-            for i in range(manifest["num_blocks"])]
+    return read_manifest(checkpoint).block_bytes() if is_bundle(checkpoint) else None
 
 
 def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
@@ -117,7 +87,6 @@ def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
     if not checkpoint.exists():
         raise CheckpointError(f"checkpoint={checkpoint} does not exist; pass a distill run "
                               "directory, a Lightning .ckpt or a bundle directory")
-    device = resolve_device(cfg.device)
     if cfg.get("reuse_cpu_memory", False):
         speed.reuse_cpu_memory()
     hybrid, model_cfg = load_hybrid(checkpoint)
@@ -131,20 +100,13 @@ def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
     if data_cfg is None:
         raise ConfigError(f"{checkpoint} has no saved data config; pass one with data=<name> "
                           "(e.g. data=fashion_mnist)")
-    batch_size = {"eval_batch_size": cfg.batch_size} if cfg.batch_size else {}
-    dm = build_datamodule(data_cfg, saved_from=source, **batch_size)
-    if list(dm.input_shape) != list(model_cfg["input_shape"]):
-        raise ConfigError(f"the data gives images of shape {list(dm.input_shape)} but the model "
-                          f"expects {list(model_cfg['input_shape'])}; pass the data config it "
-                          "was trained with (data=<name>)")
-
     console = Console()
-    console.print(f"evaluating {checkpoint} on {dm.name} {split} on {device} "
-                  f"(data config: {source or 'data=' + dm.name})", soft_wrap=True)
-    hybrid.to(device)
-    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
-    batches = preprocessed(dm, loader, device, cfg.limit_batches, f"stages ({split})")
-    result = evaluate_stages(hybrid, batches, orders)
+    console.print(f"evaluating {checkpoint} on the {split} split of "
+                  f"{source or 'data=' + str(data_cfg.get('_target_'))}", soft_wrap=True)
+    result = evaluate_on_split(hybrid, data_cfg, split, orders, saved_from=source,
+                               batch_size=cfg.batch_size, limit_batches=cfg.limit_batches,
+                               device=cfg.device, input_shape=model_cfg["input_shape"],
+                               progress=True)
 
     meta = {"split": split, "checkpoint": str(checkpoint), "model": model_cfg.get("name")}
     paths = write_stages([result], out_dir, stem=stem, meta=meta)

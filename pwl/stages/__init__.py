@@ -1,7 +1,8 @@
 """Loading stages: the shared-prefix evaluator and the stage files it writes.
 
 ``pwl.stages.evaluator`` measures the accuracy of many masks at once;
-``pwl.stages.files`` writes and reads the **contract** ``stages.csv``.
+``pwl.stages.files`` writes and reads the **contract** ``stages.csv``;
+``pwl.stages.measure`` evaluates a hybrid on a data split (``evaluate_on_split``).
 """
 
 from pwl.stages.evaluator import (
@@ -29,6 +30,7 @@ from pwl.stages.files import (
     write_masks,
     write_stages,
 )
+from pwl.stages.measure import evaluate_on_split, resolve_device
 
 __all__ = [
     "COLUMNS",
@@ -38,6 +40,7 @@ __all__ = [
     "StageResult",
     "StageRow",
     "accuracy_by_mask",
+    "evaluate_on_split",
     "evaluate_stages",
     "last_epoch",
     "mask_bytes",
@@ -46,6 +49,7 @@ __all__ = [
     "plot_stages",
     "prefix_auc",
     "read_stages",
+    "resolve_device",
     "student_bytes_used",
     "teacher_block_bytes",
     "write_csv",
