@@ -229,8 +229,8 @@ def distill_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Ten
     start = time.perf_counter()
     with autocast(bf16):
         with torch.no_grad():
-            teacher_feats = module.hybrid.teacher.forward_features(x)
-        student_feats = module.hybrid.student.forward_features(x)
+            teacher_feats = module.hybrid.teacher.forward_intermediates(x)
+        student_feats = module.hybrid.student.forward_intermediates(x)
         out = outputs(x, y, module.hybrid, teacher_feats, student_feats)
         total, _ = module.loss(out)
     opt.zero_grad(set_to_none=True)
@@ -245,7 +245,7 @@ def baseline_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Te
     start = time.perf_counter()
     with autocast(bf16):
         with torch.no_grad():
-            module.hybrid.teacher.forward_features(x)
+            module.hybrid.teacher.forward_intermediates(x)
         loss = F.cross_entropy(module.hybrid.student(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -268,11 +268,11 @@ def floor_parts(hybrid: HybridNet, x: torch.Tensor, y: torch.Tensor,
     hybrid.zero_grad(set_to_none=True)
     start = time.perf_counter()
     with autocast(bf16), torch.no_grad():
-        teacher_feats = hybrid.teacher.forward_features(x)
+        teacher_feats = hybrid.teacher.forward_intermediates(x)
     teacher = time.perf_counter() - start
     start = time.perf_counter()
     with autocast(bf16):
-        student_feats = hybrid.student.forward_features(x)
+        student_feats = hybrid.student.forward_intermediates(x)
         loss = F.cross_entropy(student_feats[-1], y)
     loss.backward()
     student = time.perf_counter() - start
@@ -313,8 +313,8 @@ def adapter_conversions(hybrid: HybridNet, x: torch.Tensor, terms: Sequence[str]
     if not learnable or not (sync or recon):
         return 0.0, 0
     with autocast(bf16), torch.no_grad():
-        teacher_feats = hybrid.teacher.forward_features(x)
-        student_feats = hybrid.student.forward_features(x)
+        teacher_feats = hybrid.teacher.forward_intermediates(x)
+        student_feats = hybrid.student.forward_intermediates(x)
     ones = {"S": [torch.ones_like(f) for f in student_feats],
             "T": [torch.ones_like(f) for f in teacher_feats]}
     hybrid.zero_grad(set_to_none=True)

@@ -109,7 +109,7 @@ def probe_shapes(net: BlockNet, input_shape: Sequence[int]) -> list[tuple[int, .
     try:
         param = next(net.parameters())
         x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
-        feats = net.forward_features(x)[:-1]
+        feats = net.forward_intermediates(x)[:-1]
     finally:
         net.train(was_training)
     return [tuple(f.shape[1:]) for f in feats]

@@ -72,8 +72,8 @@ class BlockNet(nn.Module):
         return sum(t.numel() * t.element_size() for m in self.unit_modules(i)
                    for t in (*m.parameters(), *m.buffers()))
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Returns the output of every block: N-1 boundary features, then the logits."""
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every block, timm's intermediates: N-1 boundary features, then the logits."""
         outs = []
         for i in range(self.num_blocks):
             x = self.run_block(i, x)

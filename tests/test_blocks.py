@@ -6,11 +6,11 @@ from tests.conftest import MODEL_CONFIGS, model_cfg
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_forward_features_ends_with_logits(name):
+def test_forward_intermediates_ends_with_logits(name):
     hybrid = build_hybrid(model_cfg(name)).eval()
     x = torch.randn(2, *model_cfg(name)["input_shape"])
     with torch.no_grad():
-        feats = hybrid.teacher.forward_features(x)
+        feats = hybrid.teacher.forward_intermediates(x)
         logits = hybrid.teacher(x)
     assert len(feats) == hybrid.num_blocks
     assert torch.equal(feats[-1], logits)

@@ -72,7 +72,7 @@ def test_cifar_experiments_are_the_papers_pairs_with_the_reference_recipe(experi
     for net, widths, layers in ((teacher, t_widths, t_layers), (student, s_widths, s_layers)):
         assert net.num_blocks == blocks
         assert [f.shape[1] if f.dim() == 4 else f.shape[-1]
-                for f in net.forward_features(x)[:-1]] == widths[:-1]
+                for f in net.forward_intermediates(x)[:-1]] == widths[:-1]
         assert [_layers(b) for b in net.blocks] == layers
     assert (cfg.data.rotate_degrees, cfg.data.crop_padding_mode) == (15, "reflect")
     assert (cfg.data.crop_padding, cfg.data.hflip) == (4, 0.5)

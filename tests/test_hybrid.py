@@ -38,7 +38,7 @@ def test_forward_from_a_cached_feature_matches_forward():
     hybrid = build_hybrid(model_cfg("resnet")).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        feats = hybrid.student.forward_features(x)
+        feats = hybrid.student.forward_intermediates(x)
         for mask in ("SSTT", "SSST", "SSSS"):
             assert torch.allclose(hybrid.forward_from(1, feats[1], mask), hybrid(x, mask))
 

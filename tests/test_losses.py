@@ -45,8 +45,8 @@ def step_outputs(hybrid, input_shape, batch=8):
     images = torch.randn(batch, *input_shape)
     labels = torch.randint(0, 10, (batch,))
     with torch.no_grad():
-        teacher_feats = hybrid.teacher.forward_features(images)
-    student_feats = hybrid.student.forward_features(images)
+        teacher_feats = hybrid.teacher.forward_intermediates(images)
+    student_feats = hybrid.student.forward_intermediates(images)
     return DistillOutputs(images, labels, hybrid, teacher_feats, student_feats)
 
 
@@ -527,7 +527,7 @@ def test_forward_from_a_converted_feature_skips_the_adapter_there():
     hybrid.eval()
     images = torch.randn(4, *shape)
     with torch.no_grad():
-        s0 = hybrid.student.forward_features(images)[0]
+        s0 = hybrid.student.forward_intermediates(images)[0]
         whole = hybrid(images, "STTT")
         crossed = hybrid.convert(0, s0, "T")
         torch.testing.assert_close(hybrid.forward_from(0, crossed, "STTT", feature_of="T"), whole)

@@ -159,8 +159,8 @@ class DistillModule(_Optimized):
 
     def distill_outputs(self, x: torch.Tensor, y: torch.Tensor) -> DistillOutputs:
         with torch.no_grad():
-            teacher_feats = self.hybrid.teacher.forward_features(x)
-        student_feats = self.hybrid.student.forward_features(x)
+            teacher_feats = self.hybrid.teacher.forward_intermediates(x)
+        student_feats = self.hybrid.student.forward_intermediates(x)
         return DistillOutputs(x, y, self.hybrid, teacher_feats, student_feats)
 
     def training_step(self, batch, batch_idx):
