@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field, StrictBool, ValidationError, field_validator
 
 from pwl.config import OpenSchema, parse_bandwidth, problems_of
-from pwl.data.registry import data_entry_of
+from pwl.data.datamodule import DATA_MODULES
 from pwl.errors import ConfigError
 
 FIX = "fix it on the command line or in the config"
@@ -191,7 +191,7 @@ def check_app_config(cfg: DictConfig | Mapping[str, Any], app: str) -> None:
     except ValidationError as e:
         found += problems_of(e, "")
     data = plain.get("data")
-    entry = data_entry_of(data) if isinstance(data, dict) else None
+    entry = DATA_MODULES.find(data.get("_target_")) if isinstance(data, dict) else None
     if entry is not None:
         try:
             entry.args.model_validate({k: v for k, v in data.items() if k != "_target_"})

@@ -209,8 +209,8 @@ def meta_unsafe_resnet(**kwargs):
 
 
 # A bundle may only name registered builders; these two take resnet's arguments.
-register(resnet_with_buffer, ResNetArgs)
-register(meta_unsafe_resnet, ResNetArgs)
+register(ResNetArgs)(resnet_with_buffer)
+register(ResNetArgs)(meta_unsafe_resnet)
 
 
 def _with_target(target):

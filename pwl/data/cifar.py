@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from pwl.data.datamodule import ImageDataModule, Split
+from pwl.data.datamodule import ImageDataArgs, ImageDataModule, PathStr, Split, register_data
 from pwl.errors import DataError
+
+
+class CIFARArgs(ImageDataArgs):
+    data_dir: PathStr = "data"
+    download: bool = False
 
 
 class _CIFARDataModule(ImageDataModule):
@@ -38,6 +43,7 @@ class _CIFARDataModule(ImageDataModule):
         return splits[0], splits[1]
 
 
+@register_data(CIFARArgs, name="cifar10")
 class CIFAR10DataModule(_CIFARDataModule):
     name = "cifar10"
     dataset_cls_name = "CIFAR10"
@@ -46,6 +52,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     std = (0.2470, 0.2435, 0.2616)
 
 
+@register_data(CIFARArgs, name="cifar100")
 class CIFAR100DataModule(_CIFARDataModule):
     name = "cifar100"
     dataset_cls_name = "CIFAR100"

@@ -10,14 +10,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
+from pwl.config import Schema
 from pwl.data.augment import PAD_MODES, random_crop, random_hflip, random_rotate
 from pwl.errors import ConfigError
+from pwl.registry import Registry
+
+# Far above real datasets; they keep a stored config from asking for unbounded memory.
+MAX_IMAGES = 1 << 24
+MAX_BATCH = 1 << 16
+
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Images = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
+PathStr = Annotated[str, Field(max_length=4096)]
+
+DATA_MODULES: Registry[type[ImageDataModule]] = Registry(
+    "data module", package="pwl.data",
+    fix="a stored data config may only name a registered data module; pass data=<name> instead")
+register_data = DATA_MODULES.register
+
+
+class ImageDataArgs(Schema):
+    """The arguments every ``ImageDataModule`` takes."""
+
+    batch_size: Batch = 128
+    eval_batch_size: Batch | None = None
+    val_size: int = Field(5000, ge=0, le=MAX_IMAGES)
+    seed: int = 0
+    crop_padding: int = Field(0, ge=0, le=1024)
+    crop_padding_mode: Literal["zeros", "reflect"] = "zeros"
+    hflip: float = Field(0.0, ge=0.0, le=1.0)
+    rotate_degrees: float = Field(0.0, ge=0.0, le=180.0)
+    image_size: int | None = Field(None, ge=1, le=4096)
+    in_chans: int | None = Field(None, ge=1, le=64)
+    num_classes: int | None = Field(None, ge=1, le=1 << 20)
+    num_workers: int = Field(0, ge=0, le=256)
+    limit_train: Images | None = None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pwl.data.datamodule import ImageDataModule, Split
+from pwl.data.datamodule import ImageDataArgs, ImageDataModule, PathStr, Split, register_data
 from pwl.errors import DataError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -67,6 +67,13 @@ def read_fashion_mnist(root: str | Path) -> tuple[Split, Split]:
     return splits[0], splits[1]
 
 
+class FashionMNISTArgs(ImageDataArgs):
+    root: PathStr = DEBIAN_DIR
+    data_dir: PathStr = "data"
+    download: bool = True
+
+
+@register_data(FashionMNISTArgs, name="fashion_mnist")
 class FashionMNISTDataModule(ImageDataModule):
     """Fashion-MNIST, 60,000 train / 10,000 test grayscale 28x28 images in 10 classes.
 

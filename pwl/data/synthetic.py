@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from pwl.data.datamodule import ImageDataModule, Split
+from pwl.data.datamodule import ImageDataArgs, ImageDataModule, Images, Split, register_data
 
 
 def make_synthetic(num: int, num_classes: int, in_chans: int, size: int, noise: float,
@@ -24,6 +25,14 @@ def make_synthetic(num: int, num_classes: int, in_chans: int, size: int, noise: 
     return Split(images, labels)
 
 
+class SyntheticArgs(ImageDataArgs):
+    num_train: Images = 2048
+    num_test: Images = 512
+    noise: float = Field(0.3, ge=0.0, le=100.0)
+    data_seed: int = 0
+
+
+@register_data(SyntheticArgs, name="synthetic")
 class SyntheticDataModule(ImageDataModule):
     """Class-dependent patterns plus noise; any size, channels, classes and count."""
 

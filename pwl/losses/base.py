@@ -17,6 +17,7 @@ from torch import nn
 
 from pwl.hybrid import HybridNet
 from pwl.masks import first_switch
+from pwl.registry import Registry
 
 
 @dataclass
@@ -96,7 +97,8 @@ class DistillOutputs:
 
 
 class LossTerm(nn.Module):
-    """A loss plugin: ``forward(outputs) -> scalar tensor``."""
+    """A loss plugin: ``forward(outputs) -> scalar tensor``; register it with
+    ``@register_loss(name=...)`` so that ``loss.terms`` can name it."""
 
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
         raise NotImplementedError
@@ -110,3 +112,9 @@ class LossTerm(nn.Module):
                 term in general.
         """
         return type(self).__name__
+
+
+LOSSES: Registry[type[LossTerm]] = Registry(
+    "loss plugin", fix="a term names its plugin with loss.terms.<term>.plugin (default: the "
+    "term's own name)")
+register_loss = LOSSES.register

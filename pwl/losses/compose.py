@@ -17,17 +17,7 @@ from torch import nn
 
 from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
-from pwl.losses.base import DistillOutputs, LossTerm
-from pwl.losses.cross_path import CrossPath
-from pwl.losses.terms import CrossEntropy, FeatureRecon, FeatureSync, KnowledgeDistillation
-
-PLUGINS: dict[str, type[LossTerm]] = {
-    "ce": CrossEntropy,
-    "kd": KnowledgeDistillation,
-    "feature_sync": FeatureSync,
-    "feature_recon": FeatureRecon,
-    "cross_path": CrossPath,
-}
+from pwl.losses.base import LOSSES, DistillOutputs, LossTerm
 
 
 class WeightedSum(nn.Module):
@@ -89,10 +79,7 @@ def build_term(name: str, entry: Any) -> tuple[LossTerm, float]:
         raise ConfigError(f"{where} has no weight; set {where}.weight (0 turns it off)")
     weight = kwargs.pop("weight")
     plugin_name = kwargs.pop("plugin", name)
-    if plugin_name not in PLUGINS:
-        raise ConfigError(f"{where}: plugin {plugin_name!r} is unknown; known plugins: "
-                          f"{list(PLUGINS)} (set {where}.plugin to use one under another name)")
-    plugin = PLUGINS[plugin_name]
+    plugin = LOSSES.get(plugin_name, f"{where}.plugin").obj
     accepted = _term_kwargs(plugin)
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:

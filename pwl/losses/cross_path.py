@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
-from pwl.losses.base import DistillOutputs, LossTerm
+from pwl.losses.base import DistillOutputs, LossTerm, register_loss
 from pwl.losses.terms import check_temperature, kd_loss
 from pwl.masks import prefix_masks, random_mixed_mask, suffix_masks
 
@@ -21,6 +21,7 @@ MODES = ("random", "all_prefix", "all_suffix", "sampled")
 TARGETS = ("kd", "ce", "both")
 
 
+@register_loss(name="cross_path")
 class CrossPath(LossTerm):
     """KD and/or CE on the logits of mixed masks, averaged over the masks of a step.
 

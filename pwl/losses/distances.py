@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from pwl.errors import ConfigError
+from pwl.registry import Registry
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DISTANCES: Registry[Distance] = Registry("distance")
 
 
 class _MeanSquaredError(torch.autograd.Function):
@@ -67,6 +69,7 @@ class _MeanSquaredError(torch.autograd.Function):
         return grad_a, diff.neg().to(b.dtype)
 
 
+@DISTANCES.register()
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared error over all elements, computed in at least fp32."""
     if a.shape != b.shape:
@@ -75,26 +78,31 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _MeanSquaredError.apply(a, b)
 
 
+@DISTANCES.register()
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over all elements."""
     return F.l1_loss(a, b)
 
 
+@DISTANCES.register()
 def smooth_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Huber loss (beta=1) over all elements."""
     return F.smooth_l1_loss(a, b)
 
 
+@DISTANCES.register()
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """1 - cosine similarity of each sample's flattened features, mean over the batch."""
     return (1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)).mean()
 
 
+@DISTANCES.register()
 def mse_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``mse + cosine``: matches both the magnitude and the direction (per sample)."""
     return mse(a, b) + cosine(a, b)
 
 
+@DISTANCES.register()
 def cosine_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """1 - cosine similarity over the feature dim at each position, mean over batch and positions.
 
@@ -106,6 +114,7 @@ def cosine_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(a, b, dim=dim)).mean()
 
 
+@DISTANCES.register()
 def mse_cosine_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``mse + cosine_per_position``: the paper's feature distance (``loss=paper``)."""
     return mse(a, b) + cosine_per_position(a, b)
@@ -130,6 +139,7 @@ def attention_map(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(energy, dim=1)
 
 
+@DISTANCES.register()
 def attention(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Attention transfer: squared L2 distance of the attention maps, mean over the batch.
 
@@ -138,6 +148,7 @@ def attention(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (attention_map(a) - attention_map(b)).pow(2).sum(1).mean()
 
 
+@DISTANCES.register()
 def cka(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """1 - linear CKA between the batches' flattened features (needs B >= 2).
 
@@ -154,21 +165,6 @@ def cka(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return 1 - similarity
 
 
-DISTANCES: dict[str, Distance] = {
-    "mse": mse,
-    "cosine": cosine,
-    "mse_cosine": mse_cosine,
-    "l1": l1,
-    "smooth_l1": smooth_l1,
-    "attention": attention,
-    "cka": cka,
-    "cosine_per_position": cosine_per_position,
-    "mse_cosine_per_position": mse_cosine_per_position,
-}
-
-
 def get_distance(name: str) -> Distance:
     """The distance called ``name``; raises ConfigError listing the known ones."""
-    if name not in DISTANCES:
-        raise ConfigError(f"distance {name!r} is unknown; known distances: {list(DISTANCES)}")
-    return DISTANCES[name]
+    return DISTANCES.get(name, "distance").obj

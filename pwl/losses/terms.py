@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
-from pwl.losses.base import DistillOutputs, LossTerm
+from pwl.losses.base import DistillOutputs, LossTerm, register_loss
 from pwl.losses.distances import get_distance
 
 DIRECTIONS = ("both", "to_student", "to_teacher")
@@ -39,6 +39,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return kl * temperature**2
 
 
+@register_loss(name="ce")
 class CrossEntropy(LossTerm):
     """Hard-label cross-entropy of the student's logits."""
 
@@ -56,6 +57,7 @@ class CrossEntropy(LossTerm):
         return f"CE(ls={self.label_smoothing:g})" if self.label_smoothing else "CE"
 
 
+@register_loss(name="kd")
 class KnowledgeDistillation(LossTerm):
     """KL divergence from the teacher's soft labels to the student's, at temperature T."""
 
@@ -70,6 +72,7 @@ class KnowledgeDistillation(LossTerm):
         return f"KL(T={self.temperature:g})"
 
 
+@register_loss(name="feature_sync")
 class FeatureSync(LossTerm):
     """Student and teacher features agree at every boundary, through the adapters.
 
@@ -112,6 +115,7 @@ class FeatureSync(LossTerm):
         return f"mean_i [{parts['to_student']} + {parts['to_teacher']}]"
 
 
+@register_loss(name="feature_recon")
 class FeatureRecon(LossTerm):
     """The adapters at a boundary invert each other on the features that occur.
 

@@ -13,7 +13,7 @@ from torch import nn
 from pwl.blocks import BlockNet
 from pwl.config import Schema
 from pwl.errors import ConfigError
-from pwl.models.registry import MAX_BLOCKS, Depth, NumClasses, Rate, Width
+from pwl.models.registry import MAX_BLOCKS, Depth, NumClasses, Rate, Width, register
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
@@ -33,6 +33,26 @@ def _stage(block: type[nn.Module], in_ch: int, planes: int, depth: int,
     return nn.Sequential(*layers), out_ch
 
 
+class ResNetArgs(Schema):
+    """The arguments of ``resnet`` a saved config may give."""
+
+    depths: list[Depth] = Field([2, 2, 2, 2], min_length=2, max_length=MAX_BLOCKS)
+    widths: list[Width] = Field([16, 32, 64, 128], min_length=2, max_length=MAX_BLOCKS)
+    block: Literal["basic", "bottleneck"] = "basic"
+    stem_width: Width | None = None
+    in_chans: Width = 3
+    num_classes: NumClasses = 10
+    drop_rate: Rate = 0.0
+
+    @model_validator(mode="after")
+    def _one_width_per_block(self) -> ResNetArgs:
+        if len(self.depths) != len(self.widths):
+            raise ValueError(f"depths {self.depths} and widths {self.widths} must have the "
+                             "same length (one entry per block)")
+        return self
+
+
+@register(ResNetArgs)
 def resnet(depths: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (16, 32, 64, 128),
            block: str = "basic", stem_width: int | None = None, in_chans: int = 3,
            num_classes: int = 10, drop_rate: float = 0.0) -> BlockNet:
@@ -62,22 +82,3 @@ def resnet(depths: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (16, 32
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     head = ClassifierHead(ch, num_classes, pool_type="avg", drop_rate=drop_rate)
     return BlockNet(stem, stages, head, num_classes)
-
-
-class ResNetArgs(Schema):
-    """The arguments of ``resnet`` a saved config may give."""
-
-    depths: list[Depth] = Field([2, 2, 2, 2], min_length=2, max_length=MAX_BLOCKS)
-    widths: list[Width] = Field([16, 32, 64, 128], min_length=2, max_length=MAX_BLOCKS)
-    block: Literal["basic", "bottleneck"] = "basic"
-    stem_width: Width | None = None
-    in_chans: Width = 3
-    num_classes: NumClasses = 10
-    drop_rate: Rate = 0.0
-
-    @model_validator(mode="after")
-    def _one_width_per_block(self) -> ResNetArgs:
-        if len(self.depths) != len(self.widths):
-            raise ValueError(f"depths {self.depths} and widths {self.widths} must have the "
-                             "same length (one entry per block)")
-        return self

@@ -9,7 +9,7 @@ its head in config; the named stages are grouped into ``num_blocks`` blocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import timm
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from pwl.blocks import BlockNet
 from pwl.config import Schema
 from pwl.errors import ConfigError
-from pwl.models.registry import Depth, ImageSize, NumBlocks, NumClasses, Rate, Width
+from pwl.models.registry import Depth, ImageSize, NumBlocks, NumClasses, Rate, Width, register
 from pwl.models.vit import group_sizes
 
 
@@ -85,43 +85,6 @@ def _default_split(model: nn.Module) -> tuple[list[str], list[str], list[str]]:
                       "model.*.stem, model.*.stages and model.*.head")
 
 
-def timm_split(model_name: str, num_blocks: int = 4, num_classes: int = 10, in_chans: int = 3,
-               img_size: int | None = None, pretrained: bool = False,
-               stem: Sequence[str] | None = None, stages: Sequence[str] | None = None,
-               head: Sequence[str] | None = None, **kwargs) -> BlockNet:
-    """Builds ``timm.create_model(model_name, ...)`` and cuts it into ``num_blocks`` blocks.
-
-    Args:
-        model_name: any timm model name (``resnet18``, ``vit_tiny_patch16_224``...).
-        num_blocks: N; the model's stages (or ViT layers) are grouped into N blocks.
-        img_size: input size, passed to models that take one (ViT).
-        pretrained: load hub weights; needs a reachable model hub.
-        stem, stages, head: module names to split a model with no default split.
-        **kwargs: any other ``timm.create_model`` argument (depth, embed_dim...).
-    """
-    if img_size is not None and model_name.startswith(("vit", "deit")):
-        kwargs["img_size"] = img_size
-    try:
-        model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes,
-                                  in_chans=in_chans, **kwargs)
-    except RuntimeError as e:
-        raise ConfigError(f"timm could not build {model_name!r}: {e}") from None
-    if isinstance(model, VisionTransformer) and stages is None:
-        sizes = group_sizes(len(model.blocks), num_blocks)
-        starts = [sum(sizes[:i]) for i in range(num_blocks)]
-        blocks = [nn.Sequential(*model.blocks[s:s + n]) for s, n in zip(starts, sizes)]
-        return BlockNet(TimmViTStem(model), blocks, TimmViTHead(model), num_classes)
-    if stages is None:
-        d_stem, d_stages, d_head = _default_split(model)
-        stem, stages, head = stem or d_stem, d_stages, head or d_head
-    elif stem is None or head is None:
-        raise ConfigError("a custom timm split needs stem, stages and head module names")
-    sizes = group_sizes(len(stages), num_blocks)
-    starts = [sum(sizes[:i]) for i in range(num_blocks)]
-    blocks = [_named(model, stages[s:s + n]) for s, n in zip(starts, sizes)]
-    return BlockNet(_named(model, stem), blocks, _named(model, head), num_classes)
-
-
 ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$",
                                   max_length=200)]
 ModuleNames = Annotated[list[ModuleName], Field(min_length=1, max_length=256)]
@@ -159,7 +122,46 @@ class TimmSplitArgs(Schema):
             raise ValueError("is not a model of timm's registry (timm.list_models())")
         return name
 
+    @field_validator("pretrained")
+    @classmethod
+    def _never_download(cls, pretrained: bool) -> bool:
+        # A saved config never downloads weights: the file it came with holds them.
+        return False
 
-def timm_split_from_file(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A saved config never downloads weights: the file it came with holds them."""
-    return {**kwargs, "pretrained": False}
+
+@register(TimmSplitArgs)
+def timm_split(model_name: str, num_blocks: int = 4, num_classes: int = 10, in_chans: int = 3,
+               img_size: int | None = None, pretrained: bool = False,
+               stem: Sequence[str] | None = None, stages: Sequence[str] | None = None,
+               head: Sequence[str] | None = None, **kwargs) -> BlockNet:
+    """Builds ``timm.create_model(model_name, ...)`` and cuts it into ``num_blocks`` blocks.
+
+    Args:
+        model_name: any timm model name (``resnet18``, ``vit_tiny_patch16_224``...).
+        num_blocks: N; the model's stages (or ViT layers) are grouped into N blocks.
+        img_size: input size, passed to models that take one (ViT).
+        pretrained: load hub weights; needs a reachable model hub.
+        stem, stages, head: module names to split a model with no default split.
+        **kwargs: any other ``timm.create_model`` argument (depth, embed_dim...).
+    """
+    if img_size is not None and model_name.startswith(("vit", "deit")):
+        kwargs["img_size"] = img_size
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes,
+                                  in_chans=in_chans, **kwargs)
+    except RuntimeError as e:
+        raise ConfigError(f"timm could not build {model_name!r}: {e}") from None
+    if isinstance(model, VisionTransformer) and stages is None:
+        sizes = group_sizes(len(model.blocks), num_blocks)
+        starts = [sum(sizes[:i]) for i in range(num_blocks)]
+        blocks = [nn.Sequential(*model.blocks[s:s + n]) for s, n in zip(starts, sizes)]
+        return BlockNet(TimmViTStem(model), blocks, TimmViTHead(model), num_classes)
+    if stages is None:
+        d_stem, d_stages, d_head = _default_split(model)
+        stem, stages, head = stem or d_stem, d_stages, head or d_head
+    elif stem is None or head is None:
+        raise ConfigError("a custom timm split needs stem, stages and head module names")
+    sizes = group_sizes(len(stages), num_blocks)
+    starts = [sum(sizes[:i]) for i in range(num_blocks)]
+    blocks = [_named(model, stages[s:s + n]) for s, n in zip(starts, sizes)]
+    return BlockNet(_named(model, stem), blocks, _named(model, head), num_classes)

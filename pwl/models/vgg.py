@@ -11,9 +11,27 @@ from torch import nn
 from pwl.blocks import BlockNet
 from pwl.config import Schema
 from pwl.errors import ConfigError
-from pwl.models.registry import MAX_BLOCKS, Depth, NumClasses, Rate, Width
+from pwl.models.registry import MAX_BLOCKS, Depth, NumClasses, Rate, Width, register
 
 
+class VGGArgs(Schema):
+    """The arguments of ``vgg`` a saved config may give."""
+
+    depths: list[Depth] = Field([1, 1, 2, 2, 2], min_length=2, max_length=MAX_BLOCKS)
+    widths: list[Width] = Field([32, 64, 128, 128, 128], min_length=2, max_length=MAX_BLOCKS)
+    in_chans: Width = 3
+    num_classes: NumClasses = 10
+    drop_rate: Rate = 0.0
+
+    @model_validator(mode="after")
+    def _one_width_per_block(self) -> VGGArgs:
+        if len(self.depths) != len(self.widths):
+            raise ValueError(f"depths {self.depths} and widths {self.widths} must have the "
+                             "same length (one entry per block)")
+        return self
+
+
+@register(VGGArgs)
 def vgg(depths: Sequence[int] = (1, 1, 2, 2, 2), widths: Sequence[int] = (32, 64, 128, 128, 128),
         in_chans: int = 3, num_classes: int = 10, drop_rate: float = 0.0) -> BlockNet:
     """A VGG-BN whose stages are the swap units.
@@ -35,20 +53,3 @@ def vgg(depths: Sequence[int] = (1, 1, 2, 2, 2), widths: Sequence[int] = (32, 64
         stages.append(nn.Sequential(*layers))
     head = ClassifierHead(ch, num_classes, pool_type="avg", drop_rate=drop_rate)
     return BlockNet(nn.Identity(), stages, head, num_classes)
-
-
-class VGGArgs(Schema):
-    """The arguments of ``vgg`` a saved config may give."""
-
-    depths: list[Depth] = Field([1, 1, 2, 2, 2], min_length=2, max_length=MAX_BLOCKS)
-    widths: list[Width] = Field([32, 64, 128, 128, 128], min_length=2, max_length=MAX_BLOCKS)
-    in_chans: Width = 3
-    num_classes: NumClasses = 10
-    drop_rate: Rate = 0.0
-
-    @model_validator(mode="after")
-    def _one_width_per_block(self) -> VGGArgs:
-        if len(self.depths) != len(self.widths):
-            raise ValueError(f"depths {self.depths} and widths {self.widths} must have the "
-                             "same length (one entry per block)")
-        return self

@@ -11,7 +11,7 @@ from torch import nn
 from pwl.blocks import BlockNet
 from pwl.config import Schema
 from pwl.errors import ConfigError
-from pwl.models.registry import Depth, ImageSize, NumBlocks, NumClasses, Width
+from pwl.models.registry import Depth, ImageSize, NumBlocks, NumClasses, Width, register
 
 
 class ViTStem(nn.Module):
@@ -55,33 +55,6 @@ def group_sizes(depth: int, num_blocks: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(num_blocks)]
 
 
-def vit(img_size: int = 32, patch_size: int = 4, in_chans: int = 3, num_classes: int = 10,
-        embed_dim: int = 192, depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0,
-        num_blocks: int = 6, drop_path_rate: float = 0.0) -> BlockNet:
-    """A ViT whose ``depth`` transformer layers are grouped into ``num_blocks`` swap units."""
-    if img_size % patch_size:
-        raise ConfigError(f"model: img_size={img_size} is not a multiple of "
-                          f"patch_size={patch_size}")
-    if embed_dim % num_heads:
-        raise ConfigError(f"model: embed_dim={embed_dim} is not a multiple of "
-                          f"num_heads={num_heads}")
-    # Built on the CPU so the model can also be built under a meta-device context.
-    dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-    layers = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i])
-              for i in range(depth)]
-    blocks, start = [], 0
-    for size in group_sizes(depth, num_blocks):
-        blocks.append(nn.Sequential(*layers[start:start + size]))
-        start += size
-    for m in nn.ModuleList(blocks).modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    stem = ViTStem(img_size, patch_size, in_chans, embed_dim)
-    return BlockNet(stem, blocks, ViTHead(embed_dim, num_classes), num_classes)
-
-
 class ViTArgs(Schema):
     """The arguments of ``vit`` a saved config may give."""
 
@@ -107,3 +80,31 @@ class ViTArgs(Schema):
         if self.num_blocks > self.depth:
             raise ValueError(f"num_blocks={self.num_blocks} exceeds depth={self.depth}")
         return self
+
+
+@register(ViTArgs)
+def vit(img_size: int = 32, patch_size: int = 4, in_chans: int = 3, num_classes: int = 10,
+        embed_dim: int = 192, depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0,
+        num_blocks: int = 6, drop_path_rate: float = 0.0) -> BlockNet:
+    """A ViT whose ``depth`` transformer layers are grouped into ``num_blocks`` swap units."""
+    if img_size % patch_size:
+        raise ConfigError(f"model: img_size={img_size} is not a multiple of "
+                          f"patch_size={patch_size}")
+    if embed_dim % num_heads:
+        raise ConfigError(f"model: embed_dim={embed_dim} is not a multiple of "
+                          f"num_heads={num_heads}")
+    # Built on the CPU so the model can also be built under a meta-device context.
+    dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+    layers = [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i])
+              for i in range(depth)]
+    blocks, start = [], 0
+    for size in group_sizes(depth, num_blocks):
+        blocks.append(nn.Sequential(*layers[start:start + size]))
+        start += size
+    for m in nn.ModuleList(blocks).modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    stem = ViTStem(img_size, patch_size, in_chans, embed_dim)
+    return BlockNet(stem, blocks, ViTHead(embed_dim, num_classes), num_classes)
