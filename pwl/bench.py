@@ -14,19 +14,8 @@ floor a loader could reach; the bundle's first answer is also given over (c),
 the start-up cost of PWL itself. The bundle also checks the sha256 of every
 file it reads; the other variants do not.
 
-Accuracy over time (``curves``, for ``bundle=`` with a data config): the bundle's
-teacher is exported at each of ``curves.dtypes`` into the work directory, with
-the stage accuracies of every mask of ``curves.orders`` measured with the stored
-weights on ``curves.split``, and loaded in each order at each read rate. Per
-load: time to first answer, time to the teacher's accuracy, the normalised area
-(mean accuracy over the load, and over the time the fp32 teacher alone takes to
-answer at that rate, measured as (a)) with its ratio to the first dtype and
-order, and the share of inputs each swap turns from right to wrong
-(``pwl.stages.curves``). All loads of one run share the machine, so their
-ratios compare.
-
-``bench.csv``, ``bench.json``, ``curves.csv``, ``curves.json`` and
-``curves_<rate>.png`` go to the run directory.
+The accuracy-over-time half (each dtype, each order) is a research script:
+``experiments/curves.py``. ``bench.csv`` and ``bench.json`` go to the run directory.
 """
 
 from __future__ import annotations
@@ -59,21 +48,15 @@ from pwl.build import build_hybrid
 from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
-from pwl.export import evaluate_on_split, export_bundle, module_tensors
 from pwl.hybrid import HybridNet
-from pwl.masks import loading_masks
-from pwl.precision import check_dtype
-from pwl.runtime import MANIFEST, STUDENT_FILE, load_bundle_hybrid, read_manifest
+from pwl.runtime.bundle import STUDENT_FILE, module_tensors, read_manifest, write_bundle
+from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.schemas import check_app_config
-from pwl.stages.curves import LoadCurve, consecutive_pairs, load_curve, plot_load_curves
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
            "first_answer_ratio", "student_ratio", "student_ratio_low",
            "student_ratio_high", "peak_mb", "peak_ratio", "full_answer_s",
            "full_peak_mb", "same_logits")
-CURVE_COLUMNS = ("target", "bandwidth", "dtype", "order", "teacher_bytes", "first_answer_s",
-                 "loaded_s", "time_to_teacher_s", "mean_accuracy_load", "window_s",
-                 "mean_accuracy_window", "area_ratio", "max_flip", "flips")
 STUDENT_ALONE = "student_safetensors"
 
 
@@ -141,7 +124,8 @@ def random_pair_target(pair: Mapping[str, Any], workdir: Path) -> Target:
     """A random-weight pair written as a bundle and as whole-teacher files into ``workdir``."""
     model_cfg = random_pair_cfg(pair)
     hybrid = build_hybrid(model_cfg).eval()
-    bundle = export_bundle(hybrid, model_cfg, workdir / "bundle")
+    bundle = workdir / "bundle"
+    write_bundle(hybrid, model_cfg, bundle)
     return Target(model_cfg["name"], bundle, *write_reference_files(hybrid, model_cfg, workdir),
                   model_cfg)
 
@@ -217,7 +201,7 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
     first_bytes = {"teacher_safetensors": teacher_bytes,
                    "teacher_ckpt": target.ckpt_file.stat().st_size,
                    STUDENT_ALONE: target.student_file.stat().st_size,
-                   "bundle": manifest["files"][STUDENT_FILE]["bytes"]}
+                   "bundle": manifest.files[STUDENT_FILE].bytes}
     # Variants alternate within each round, so a drift of the machine over the minutes
     # a target takes hits every variant alike instead of whichever ran last.
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
@@ -297,149 +281,6 @@ def write_results(rows: Sequence[dict[str, Any]], out: Path, name: str = "bench"
     (out / f"{name}.json").write_text(json.dumps(list(rows), indent=2) + "\n")
 
 
-@dataclass(frozen=True)
-class CurveVariant:
-    """A bundle's teacher stored at one dtype, with what its loads are scored by.
-
-    Attributes:
-        dtype: the teacher shards' precision.
-        bundle: the bundle written into the work directory.
-        accuracy: accuracy per mask, from its manifest (measured with the stored weights).
-        teacher_bytes: bytes of its teacher files.
-        flips: right-to-wrong share per (mask, next mask) of the orders.
-    """
-
-    dtype: str
-    bundle: Path
-    accuracy: dict[str, float]
-    teacher_bytes: int
-    flips: dict[tuple[str, str], float]
-
-
-def curve_orders(manifest: Mapping[str, Any], names: Sequence[str]) -> dict[str, list[str]]:
-    """Masks per order name: ``bundle`` (its loading order), ``plan`` (its plan, left out
-    when it has none), ``prefix`` or ``suffix``. Orders with the same masks are measured
-    once, under their names joined by ``=``."""
-    n = manifest["num_blocks"]
-    orders: dict[str, list[str]] = {}
-    for name in names:
-        if name == "bundle":
-            masks = loading_masks(manifest["loading_order"], n)
-        elif name == "plan":
-            if not manifest.get("plan"):
-                continue
-            masks = loading_masks(manifest["plan"], n)
-        elif name in ("prefix", "suffix"):
-            masks = loading_masks(name, n)
-        else:
-            raise ConfigError(f"curves.orders entry {name!r} is unknown; use bundle, plan, "
-                              "prefix or suffix")
-        same = next((k for k, v in orders.items() if v == masks), None)
-        if same is None:
-            orders[name] = masks
-        else:
-            orders[f"{same}={name}"] = orders.pop(same)
-    return orders
-
-
-def curve_variants(bundle: Path, dtypes: Sequence[str], orders: Mapping[str, Sequence[str]],
-                   split: str, workdir: Path) -> list[CurveVariant]:
-    """The bundle's teacher exported at each dtype into ``workdir``, with the accuracy of
-    every mask of ``orders`` in its manifest and the flips of their swaps."""
-    manifest = read_manifest(bundle)
-    source = bundle / MANIFEST
-    stored = {e.get("dtype") or "fp32" for rel, e in manifest["files"].items()
-              if rel.startswith("teacher/")}
-    if stored != {"fp32"}:
-        raise ConfigError(f"curves: {bundle}'s teacher is stored at {sorted(stored)}; its "
-                          "dtype variants are exported from fp32 weights, so give an fp32 "
-                          "bundle or set curves=null")
-    if manifest.get("data") is None:
-        raise ConfigError(f"curves: {bundle} stores no data config to measure stage "
-                          "accuracies on; export it with data=auto or set curves=null")
-    hybrid, model_cfg = load_bundle_hybrid(bundle)
-    masks = list(dict.fromkeys(m for order in orders.values() for m in order))
-    pairs = list(dict.fromkeys(p for order in orders.values() for p in consecutive_pairs(order)))
-    data_cfg = manifest["data"]
-    fp32 = evaluate_on_split(hybrid, masks, data_cfg, split, source, pairs)
-    rows = [{"mask": m, "accuracy": fp32.accuracy(m)} for m in masks]
-    variants = []
-    for dtype in dtypes:
-        out = export_bundle(hybrid, model_cfg, workdir / f"curves-{dtype}", stages=rows,
-                            data_cfg=data_cfg, loading_order=manifest["loading_order"],
-                            dtype=check_dtype(dtype), stages_split=split,
-                            plan=manifest.get("plan"), data_source=source)
-        stored_manifest = read_manifest(out)
-        # fp32 stores the very weights measured above; below it the flips are counted
-        # again with the stored (dequantised) weights, as the manifest's accuracies were.
-        result = (fp32 if dtype == "fp32" else
-                  evaluate_on_split(load_bundle_hybrid(out)[0], masks, data_cfg, split,
-                                    source, pairs))
-        variants.append(CurveVariant(
-            dtype, out, {r["mask"]: r["accuracy"] for r in stored_manifest["stages"]},
-            sum(e["bytes"] for rel, e in stored_manifest["files"].items()
-                if rel.startswith("teacher/")),
-            {p: result.flip_rate(*p) for p in pairs}))
-    return variants
-
-
-def measure_curves(target: Target, variants: Sequence[CurveVariant],
-                   orders: Mapping[str, Sequence[str]], window_s: float,
-                   bandwidth: float | str | None = None, mmap: bool = False, cold: bool = True,
-                   threads: int | None = None) -> tuple[list[dict[str, Any]], dict[str, LoadCurve]]:
-    """Loads every variant in every order (each in a fresh process) and scores its curve.
-
-    Returns:
-        one row per (dtype, order) (``CURVE_COLUMNS``; ``area_ratio``: mean accuracy over
-        the fixed window ``window_s`` over that of the first dtype and order), and the
-        curves by ``<dtype> <order>``.
-    """
-    rate = parse_bandwidth(bandwidth)
-    rows, curves = [], {}
-    for variant in variants:
-        for name, masks in orders.items():
-            if cold:
-                evict(p for p in variant.bundle.rglob("*") if p.is_file())
-            r = run_variant({"variant": "bundle", "path": str(variant.bundle),
-                             "model_cfg": target.model_cfg, "bandwidth": rate, "mmap": mmap,
-                             "full": True, "threads": threads, "order": list(masks)})
-            curve = load_curve([(t, m) for t, m in r["events"]], variant.accuracy,
-                               r["first_answer_s"], window_s)
-            flips = [variant.flips[p] for p in consecutive_pairs(masks)]
-            curves[f"{variant.dtype} {name}"] = curve
-            rows.append({
-                "target": target.name, "bandwidth": bandwidth_label(rate),
-                "dtype": variant.dtype, "order": name, "teacher_bytes": variant.teacher_bytes,
-                "first_answer_s": curve.first_answer_s, "loaded_s": curve.loaded_s,
-                "time_to_teacher_s": curve.time_to_teacher_s,
-                "mean_accuracy_load": curve.mean_accuracy_load, "window_s": window_s,
-                "mean_accuracy_window": curve.mean_accuracy_window,
-                "max_flip": max(flips, default=0.0),
-                "flips": " ".join(f"{f:.4f}" for f in flips)})
-    ref = rows[0]["mean_accuracy_window"] if rows else None
-    for row in rows:
-        row["area_ratio"] = row["mean_accuracy_window"] / ref if ref else float("nan")
-    return rows, curves
-
-
-def curves_table(rows: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="accuracy while loading: mean accuracy over each load and over the fp32 "
-                        "teacher's load time (window); x: ratio to the first row of its rate")
-    for name in ("bandwidth", "dtype", "order", "teacher", "first answer", "loaded",
-                 "to teacher acc", "mean (load)", "window", "mean (window)", "x",
-                 "worst right->wrong"):
-        table.add_column(name, justify="left" if name in ("dtype", "order") else "right")
-    for r in rows:
-        reached = r["time_to_teacher_s"]
-        table.add_row(r["bandwidth"], r["dtype"], r["order"], human_bytes(r["teacher_bytes"]),
-                      f"{r['first_answer_s']:.3f} s", f"{r['loaded_s']:.3f} s",
-                      f"{reached:.3f} s" if reached is not None else "never",
-                      f"{r['mean_accuracy_load']:.4f}", f"{r['window_s']:.3f} s",
-                      f"{r['mean_accuracy_window']:.4f}", f"{r['area_ratio']:.3f}",
-                      f"{r['max_flip']:.2%}")
-    return table
-
-
 def bench(cfg: DictConfig) -> list[dict[str, Any]]:
     check_app_config(cfg, "bench")
     if not cfg.bundle and not cfg.random_pair:
@@ -459,23 +300,13 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
         except OSError as e:
             raise ConfigError(f"workdir={workdir} cannot be created ({e.strerror}); pass a "
                               "writable directory or workdir=null") from None
-    curves_cfg = cfg.get("curves")
     rows: list[dict[str, Any]] = []
-    curve_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pwl-bench-", dir=workdir) as tmp:
         targets = []
-        variants: list[CurveVariant] = []
-        orders: dict[str, list[str]] = {}
         if cfg.bundle:
             bundle = Path(to_absolute_path(cfg.bundle))
             console.print(f"writing the teacher and the student of {bundle} as whole files ...")
             targets.append(bundle_target(bundle, Path(tmp) / "bundle-target"))
-            if curves_cfg:
-                orders = curve_orders(read_manifest(bundle), list(curves_cfg.orders))
-                console.print(f"exporting {bundle} at {list(curves_cfg.dtypes)} and measuring "
-                              f"{list(orders)} on its {curves_cfg.split} split ...")
-                variants = curve_variants(bundle, list(curves_cfg.dtypes), orders,
-                                          curves_cfg.split, Path(tmp) / "curves")
         if cfg.random_pair:
             console.print("building and writing the random-weight pair ...")
             targets.append(random_pair_target(OmegaConf.to_container(cfg.pair),
@@ -483,26 +314,11 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
         for target in targets:
             for bw in bandwidths:
                 console.print(f"measuring {target.name} at bandwidth {bw or 'none'} ...")
-                target_rows = measure_target(target, bw, cfg.mmap, cfg.cold, cfg.full,
-                                             cfg.threads, cfg.repeats)
-                rows += target_rows
-                if variants and target is targets[0]:  # the bundle= target comes first
-                    console.print(f"loading {len(variants) * len(orders)} curves at "
-                                  f"bandwidth {bw or 'none'} ...")
-                    # The fixed window: the time the fp32 teacher alone takes to answer.
-                    window = target_rows[0]["first_answer_s"]
-                    new_rows, curves = measure_curves(target, variants, orders, window, bw,
-                                                      cfg.mmap, cfg.cold, cfg.threads)
-                    curve_rows += new_rows
-                    label = new_rows[0]["bandwidth"].replace("/", "-").replace(" ", "")
-                    plot_load_curves(curves, out / f"curves_{label}.png",
-                                     f"{target.name} at {new_rows[0]['bandwidth']}")
+                rows += measure_target(target, bw, cfg.mmap, cfg.cold, cfg.full, cfg.threads,
+                                       cfg.repeats)
     write_results(rows, out)
     console.print(results_table(rows))
-    if curve_rows:
-        write_results(curve_rows, out, "curves", CURVE_COLUMNS)
-        console.print(curves_table(curve_rows))
-    console.print(f"bench.csv and bench.json{', curves.*' if curve_rows else ''} in {out}")
+    console.print(f"bench.csv and bench.json in {out}")
     return rows
 
 

@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 from pwl.blocks import BlockNet
+from pwl.build import check_saved_model_cfg
 from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
-from pwl.runtime.materialise import assign_tensors, build_on_meta, import_builders
+from pwl.runtime.materialise import assign, build_on_meta
 from pwl.runtime.progressive import ProgressiveModel
 from pwl.runtime.storage import Pacer, read_file
 
@@ -79,7 +80,7 @@ def load_net_safetensors(path: Path, model_cfg: dict[str, Any], pacer: Pacer, mm
         data, _ = read_file(path, pacer, digest=False)
         tensors = load(data)
     net = build_on_meta(model_cfg[role], role)
-    assign_tensors(net, tensors, path)
+    assign([(net, "")], tensors, path)
     return net.eval()
 
 
@@ -94,7 +95,7 @@ def load_teacher_ckpt(path: Path, model_cfg: dict[str, Any], pacer: Pacer,
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     tensors = {k.removeprefix(CKPT_PREFIX): v for k, v in ckpt["state_dict"].items()}
     teacher = build_on_meta(model_cfg["teacher"], "teacher")
-    assign_tensors(teacher, tensors, path)
+    assign([(teacher, "")], tensors, path)
     return teacher.eval()
 
 
@@ -117,7 +118,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     model_cfg = spec["model_cfg"]
-    import_builders(model_cfg)
+    check_saved_model_cfg(model_cfg, "spec.model_cfg")
     rate = parse_bandwidth(spec.get("bandwidth"))
     mmap = bool(spec.get("mmap", False))
     path = Path(spec["path"])
@@ -155,7 +156,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     if len(sys.argv) != 2:
-        print("usage: python -m pwl.runtime.measure '<json spec>'", file=sys.stderr)
+        print("usage: python -m pwl.bench_worker '<json spec>'", file=sys.stderr)
         sys.exit(2)
     try:
         with warnings.catch_warnings(record=True) as caught:

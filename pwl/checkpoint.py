@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pwl.build import build_saved_hybrid
 from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
-from pwl.runtime.manifest import MANIFEST, read_manifest
+from pwl.runtime.bundle import MANIFEST, is_bundle, read_manifest
 from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.weights import HYBRID_FILE, MODEL_YAML, load_weights, read_model_cfg
 
@@ -29,7 +29,7 @@ RUN_CONFIG = ".hydra/config.yaml"
 def load_hybrid(path: str | Path) -> tuple[HybridNet, dict[str, Any]]:
     """A trained HybridNet and its model config from a distill run dir, file or checkpoint."""
     path = Path(path)
-    if path.is_dir() and (path / MANIFEST).is_file():
+    if is_bundle(path):
         return load_bundle_hybrid(path)
     if path.suffix == ".ckpt":
         return _hybrid_from_ckpt(path)
@@ -69,8 +69,8 @@ def saved_data_cfg(checkpoint: str | Path, *, fix: str
         and that file's path; ``(None, None)`` when there is none.
     """
     run = run_dir_of(checkpoint)
-    if (run / MANIFEST).is_file():
-        data = read_manifest(run).get("data")
+    if is_bundle(run):
+        data = read_manifest(run).data
         return (data, run / MANIFEST) if data else (None, None)
     path = run / RUN_CONFIG
     if not path.is_file():

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
-from pwl.errors import CheckpointError, ConfigError
+from pwl.errors import ConfigError
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
 SCALE_SUFFIX = ".__scale"
@@ -95,33 +95,40 @@ def quantise(tensors: Mapping[str, torch.Tensor], dtype: str) -> dict[str, torch
     return out
 
 
-def dequantise(tensors: Mapping[str, torch.Tensor], source: object = "shard"
+def dequantise(tensors: Mapping[str, torch.Tensor], dtype: str, source: object = "shard"
                ) -> dict[str, torch.Tensor]:
-    """Stored shard tensors back as the model's fp32 tensors.
+    """A shard's tensors as stored at ``dtype`` back as the model's fp32 tensors.
 
-    int8 weights (C_out, ...) with scales (C_out,) become ``int8 * scale`` in fp32;
-    fp16/bf16 tensors become fp32 (exactly); everything else is returned as it is.
-
-    Raises:
-        CheckpointError: a scale without its weight or of the wrong shape (names ``source``).
+    ``dtype`` is the manifest's, the one source of truth: the tensors were already
+    checked against ``stored_spec`` of it. int8 weights (C_out, ...) with their scales
+    (C_out,) become ``int8 * scale`` in fp32; fp16/bf16 tensors become fp32 (exactly).
     """
+    if dtype == "fp32":
+        return dict(tensors)
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if name.endswith(SCALE_SUFFIX):
-            weight = name[: -len(SCALE_SUFFIX)]
-            w = tensors.get(weight)
-            if w is None or w.dtype != torch.int8 or t.shape != (w.shape[0],):
-                raise CheckpointError(f"{source}: {name} is not the (C_out,) scale of an int8 "
-                                      f"weight {weight}; re-export the bundle")
             continue
         scale = tensors.get(name + SCALE_SUFFIX)
         if scale is not None:
-            out[name] = t.float() * scale.float().view(-1, *([1] * (t.dim() - 1)))
+            out[name] = t.float() * scale.view(-1, *([1] * (t.dim() - 1)))
         elif t.dtype in (torch.float16, torch.bfloat16):
             out[name] = t.float()
         else:
             out[name] = t
     return out
+
+
+def stored_spec(name: str, tensor: torch.Tensor, dtype: str
+                ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of what a shard stored at ``dtype`` holds for model tensor
+    ``name`` (``tensor`` may be on the meta device)."""
+    shape = tuple(tensor.shape)
+    if dtype == "fp32" or not shrinks(name, tensor):
+        return {name: (shape, tensor.dtype)}
+    if dtype == "int8":
+        return {name: (shape, torch.int8), name + SCALE_SUFFIX: ((shape[0],), torch.float32)}
+    return {name: (shape, _FLOAT[dtype])}
 
 
 def estimated_bytes(tensors: Mapping[str, torch.Tensor], dtype: str) -> int:

@@ -42,12 +42,12 @@ from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as
 from pwl.config import parse_bandwidth
 from pwl.data.registry import build_datamodule
 from pwl.errors import ConfigError
-from pwl.runtime.manifest import MANIFEST, read_manifest
-from pwl.runtime.materialise import import_builders, load_bundle_hybrid
+from pwl.runtime.bundle import MANIFEST, Manifest, read_manifest
+from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 from pwl.schemas import check_app_config
-from pwl.stages import evaluate_stages
 from pwl.stages.curves import consecutive_pairs, load_curve
+from pwl.stages.measure import evaluate_on_split
 
 TIMELINE_COLUMNS = ("t", "stage", "mask", "batch_accuracy", "running_accuracy",
                     "answers_per_s", "answers")
@@ -105,8 +105,7 @@ def live_view(model: ProgressiveModel, row: dict[str, Any] | None) -> Table:
     n = model.num_blocks
     events = model.events
     loaded_bytes = sum(e.bytes_read for e in events if e.block is not None and e.error is None)
-    teacher_bytes = sum(e["bytes"] for rel, e in model.manifest["files"].items()
-                        if rel.startswith("teacher/"))
+    teacher_bytes = model.manifest.teacher_bytes()
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -193,14 +192,14 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     if data_cfg is not None:
         data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
     else:
-        data_cfg, source = manifest.get("data"), bundle / MANIFEST
+        data_cfg, source = manifest.data, bundle / MANIFEST
     if data_cfg is None:
         raise ConfigError("the bundle stores no data config; pass one with data=<name> "
                           "(e.g. data=fashion_mnist)")
     dm = build_datamodule(data_cfg, saved_from=source)
-    if list(dm.input_shape) != list(manifest["model"]["input_shape"]):
+    if list(dm.input_shape) != list(manifest.model["input_shape"]):
         raise ConfigError(f"data gives images of shape {list(dm.input_shape)} but the bundle's "
-                          f"model takes {manifest['model']['input_shape']}; pick the data "
+                          f"model takes {manifest.model['input_shape']}; pick the data "
                           "config it was trained on")
     if cfg.split not in dm.splits or not len(dm.splits[cfg.split]):
         raise ConfigError(f"split={cfg.split!r} is empty or unknown; use test or val")
@@ -208,11 +207,10 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     order = cfg.loading_order
     if OmegaConf.is_config(order):
         order = OmegaConf.to_container(order)
-    stage_accuracy = {r["mask"]: r["accuracy"] for r in manifest.get("stages") or []}
+    stage_accuracy = manifest.stage_accuracies()
     out = run_dir()
     console = make_console()
 
-    import_builders(manifest["model"])
     model = ProgressiveModel.open(bundle, bandwidth=cfg.bandwidth, mmap=cfg.mmap,
                                   device=cfg.device)
     with model:
@@ -235,8 +233,8 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
                   f"at {events[-1].t:.2f} s; outputs in {out}")
     if model.error is not None:
         raise model.error
-    flips = (swap_flips(bundle, model.loading_order or [model.mask], split, dm.preprocess,
-                        cfg.batch_size) if cfg.get("monotonicity", True) else None)
+    flips = (swap_flips(bundle, model.loading_order or [model.mask], dm, cfg.split)
+             if cfg.get("monotonicity", True) else None)
     report = curve_report(events, stage_accuracy, rows[0]["t"], manifest,
                           parse_bandwidth(cfg.bandwidth), flips)
     (out / "curve.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -244,28 +242,24 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def fp32_teacher_bytes(manifest: Mapping[str, Any]) -> int:
+def fp32_teacher_bytes(manifest: Manifest) -> int:
     """Bytes of the teacher at fp32: its files when stored at fp32, else 4 bytes per
     parameter (buffers such as BatchNorm statistics left out)."""
-    teacher = {rel: e for rel, e in manifest["files"].items() if rel.startswith("teacher/")}
-    if all(e.get("dtype") in (None, "fp32") for e in teacher.values()):
-        return sum(e["bytes"] for e in teacher.values())
-    return 4 * int(manifest["params"]["teacher"])
+    if manifest.teacher_dtype == "fp32":
+        return manifest.teacher_bytes()
+    return 4 * int(manifest.params["teacher"])
 
 
-def swap_flips(bundle: Path, masks: list[str], split: Any,
-               preprocess: Callable[..., torch.Tensor], batch_size: int) -> list[float]:
+def swap_flips(bundle: Path, masks: list[str], dm: Any, split: str) -> list[float]:
     """Per swap of ``masks``, the share of ``split``'s images it turns from right to wrong."""
     hybrid, _ = load_bundle_hybrid(bundle)
     pairs = consecutive_pairs(masks)
-    batches = ((preprocess(split.images[i:i + batch_size], train=False),
-                split.labels[i:i + batch_size]) for i in range(0, len(split.labels), batch_size))
-    result = evaluate_stages(hybrid, batches, masks, flip_pairs=pairs)
+    result = evaluate_on_split(hybrid, dm, split, masks, flip_pairs=pairs)
     return [result.flip_rate(*p) for p in pairs]
 
 
 def curve_report(events: list[LoadEvent], stage_accuracy: Mapping[str, float],
-                 first_answer_s: float, manifest: Mapping[str, Any], rate: float | None,
+                 first_answer_s: float, manifest: Manifest, rate: float | None,
                  flips: list[float] | None) -> dict[str, Any]:
     """The load's accuracy over time (``load_curve``) as JSON; {"error": why} when the
     manifest lacks the accuracy of a mask the load passed through."""

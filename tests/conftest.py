@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pwl.build import build_hybrid
-from pwl.export import export_bundle
+from pwl.runtime import StageRecord, write_bundle
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # The model pairs; _base.yaml holds their shared keys and is not a pair.
@@ -88,9 +88,16 @@ def tiny_hybrid(cfg=None):
 def export_tiny(path, cfg=None, **kwargs):
     """``tiny_hybrid`` exported as a bundle at ``path``; returns the hybrid and the bundle dir."""
     hybrid, cfg = tiny_hybrid(cfg)
-    kwargs.setdefault("stages", BUNDLE_STAGES)
+    kwargs["stages"] = stage_records(kwargs.get("stages", BUNDLE_STAGES) or ())
     kwargs.setdefault("data_cfg", BUNDLE_DATA_CFG)
-    return hybrid, export_bundle(hybrid, cfg, path, **kwargs)
+    write_bundle(hybrid, cfg, path, **kwargs)
+    return hybrid, Path(path)
+
+
+def stage_records(rows):
+    """Stage records from rows with a mask and an accuracy."""
+    return [StageRecord(mask=r["mask"], k=r["mask"].count("T"), accuracy=r["accuracy"])
+            for r in rows]
 
 
 def flip_byte(path, offset=None):

@@ -7,11 +7,10 @@ import torch
 from safetensors import safe_open
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-from pwl.errors import CheckpointError
 from pwl.masks import masks_for_order
-from pwl.precision import dequantise, estimated_bytes, quantise
-from pwl.runtime import ProgressiveModel, load_bundle_hybrid, teacher_block_file
-from tests.conftest import BUNDLE_DATA_CFG, export_tiny, model_cfg
+from pwl.precision import dequantise, estimated_bytes, quantise, stored_spec
+from pwl.runtime import ProgressiveModel, load_bundle_hybrid, teacher_block_file, write_bundle
+from tests.conftest import BUNDLE_DATA_CFG, export_tiny, model_cfg, tiny_hybrid
 
 
 def wide_cfg():
@@ -66,12 +65,17 @@ def test_quantise_by_hand():
     assert stored["fc.weight.__scale"].tolist() == pytest.approx([1.0, 0.02])
     assert stored["fc.bias"] is bias and stored["tiny.weight"] is small
     assert stored["bn.num_batches_tracked"] is count
-    back = dequantise(stored)
+    back = dequantise(stored, "int8")
     assert set(back) == {"fc.weight", "fc.bias", "tiny.weight", "bn.num_batches_tracked"}
     assert back["fc.weight"][0, :2].tolist() == [127.0, 3.0]
     assert back["fc.weight"][1, :2].tolist() == pytest.approx([-2.56, 0.06])
-    with pytest.raises(CheckpointError, match="fc.weight.__scale"):
-        dequantise({"fc.weight.__scale": torch.ones(2)}, "shard")
+    expected = {}
+    for name, t in {"fc.weight": w, "fc.bias": bias, "tiny.weight": small}.items():
+        expected.update(stored_spec(name, t.to("meta"), "int8"))
+    assert expected == {"fc.weight": ((2, 512), torch.int8),
+                        "fc.weight.__scale": ((2,), torch.float32),
+                        "fc.bias": ((512,), torch.float32),
+                        "tiny.weight": ((4, 4), torch.float32)}
 
 
 def test_int8_bundle_is_small_and_loads_as_dequantise_then_forward(tmp_path):
@@ -114,9 +118,16 @@ def test_half_bundles_equal_a_cast_then_forward(tmp_path, dtype, cast):
 
 
 def test_stage_accuracies_are_remeasured_with_the_stored_weights(tmp_path):
-    _, bundle = export_tiny(tmp_path / "int8", dtype="int8", stages_split="test")
+    from pwl.export import measure_stage_records
+
+    hybrid, cfg = tiny_hybrid()
+    records = measure_stage_records(hybrid, "int8", ["SSSS", "TSSS", "TTTT"], BUNDLE_DATA_CFG,
+                                    None, "test")
+    bundle = tmp_path / "int8"
+    write_bundle(hybrid, cfg, bundle, dtype="int8", stages=records, data_cfg=BUNDLE_DATA_CFG)
     stages = json.loads((bundle / "manifest.json").read_text())["stages"]
-    assert [r["mask"] for r in stages] == ["SSSS", "TSSS", "TTTT"]
+    assert [(r["mask"], r["split"], r["precision"]) for r in stages] == [
+        ("SSSS", "test", "int8"), ("TSSS", "test", "int8"), ("TTTT", "test", "int8")]
     # Accuracy of the loaded int8 bundle on the synthetic test split, counted here.
     from pwl.data.registry import build_datamodule
 
@@ -131,10 +142,6 @@ def test_stage_accuracies_are_remeasured_with_the_stored_weights(tmp_path):
                 total += len(labels)
         assert total == 128
         assert row["accuracy"] == correct / total
-
-    with pytest.warns(UserWarning, match="no stage accuracies"):
-        _, unknown = export_tiny(tmp_path / "unknown", dtype="int8")
-    assert json.loads((unknown / "manifest.json").read_text())["stages"] == []
 
 
 

@@ -110,7 +110,7 @@ def test_a_run_killed_at_an_epoch_boundary_resumes_to_the_same_stages(tmp_path, 
 EXPORT_LOOP = """
 import sys, torch
 from pwl.build import build_hybrid
-from pwl.export import export_bundle
+from pwl.runtime import write_bundle
 cfg = {"name": "t", "adapter": "linear", "input_shape": [3, 16, 16],
        "teacher": {"_target_": "pwl.models.resnet", "depths": [2, 2], "widths": [64, 128],
                    "num_classes": 3},
@@ -119,7 +119,7 @@ cfg = {"name": "t", "adapter": "linear", "input_shape": [3, 16, 16],
 hybrid = build_hybrid(cfg).eval()
 print("ready", flush=True)
 while True:
-    export_bundle(hybrid, cfg, sys.argv[1])
+    write_bundle(hybrid, cfg, sys.argv[1])
 """
 
 

@@ -1,25 +1,26 @@
 """Deployment runtime: only what an app that loads a bundle imports.
 
-``manifest`` reads and verifies the bundle format, ``materialise`` builds a
-model on the meta device and fills it from shards, ``ProgressiveModel``
+``bundle`` owns the bundle format (the typed ``Manifest``, its reader and its
+writer), ``materialise`` builds a model on the meta device and fills it from a
+bundle's files (and ``verify`` checks a whole bundle), ``ProgressiveModel``
 answers from the student at once and streams the teacher blocks in, and
 ``storage`` reads files with checks and an optional bandwidth limit.
-Bundles are written by ``pwl.export``.
 """
 
-from pwl.config import parse_bandwidth
-from pwl.runtime.manifest import (
+from pwl.runtime.bundle import (
     ADAPTERS_FILE,
     MANIFEST,
     STUDENT_FILE,
-    BundleError,
+    Manifest,
+    StageRecord,
+    is_bundle,
     read_manifest,
     teacher_block_file,
-    verify,
+    write_bundle,
 )
-from pwl.runtime.materialise import load_bundle_hybrid
+from pwl.runtime.materialise import BundleError, load_bundle_hybrid, verify
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
 
-__all__ = ["ADAPTERS_FILE", "MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent",
-           "ProgressiveModel", "load_bundle_hybrid", "parse_bandwidth", "read_manifest", "teacher_block_file",
-           "verify"]
+__all__ = ["ADAPTERS_FILE", "MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent", "Manifest",
+           "ProgressiveModel", "StageRecord", "is_bundle", "load_bundle_hybrid", "read_manifest",
+           "teacher_block_file", "verify", "write_bundle"]

@@ -1,8 +1,10 @@
-"""Materialising a model from bundle shards: build on the meta device, then assign tensors.
+"""Models from bundles: build on the meta device, then give each module its file's tensors.
 
-A model built on the meta device holds no memory; each shard's tensors then
+A model built on the meta device holds no memory; each file's tensors then
 become its modules' own (``load_state_dict(assign=True)``), so loading a block
-costs reading it and nothing more.
+costs reading it and nothing more. Every file's safetensors header is checked
+against the tensors the model (at the file's stored dtype) needs before any
+tensor is made. ``verify`` checks a whole bundle and lists every problem.
 """
 
 from __future__ import annotations
@@ -10,145 +12,60 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from pwl.adapters import Adapters
 from pwl.blocks import BlockNet
 from pwl.build import build_saved_net_of, check_saved_model_cfg
-from pwl.errors import CheckpointError, ConfigError
+from pwl.errors import CheckpointError, ConfigError, PWLError
 from pwl.hybrid import HybridNet
-from pwl.precision import dequantise
-from pwl.runtime.manifest import (
+from pwl.precision import dequantise, stored_spec
+from pwl.runtime.bundle import (
     ADAPTERS_FILE,
+    FIX,
     MANIFEST,
+    SIDE_FILES,
     STUDENT_FILE,
-    adapters_file_of,
-    file_entry_of,
+    Manifest,
+    manifest_problems,
+    name_problem,
     read_manifest,
-    side_files,
-    stored_as_model,
-    teacher_block_file,
 )
-from pwl.runtime.storage import check_names, read_tensors
+from pwl.runtime.storage import (
+    MAX_HEADER,
+    Pacer,
+    check_header,
+    check_sha256,
+    header_length,
+    open_regular,
+    parse_header,
+    read_file,
+    read_tensors,
+)
 
+Expected = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
-def assign_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: Path | str,
-                   checked: bool = False) -> None:
-    """Makes ``tensors`` (keys relative to ``module``) the module's own, replacing meta ones.
-
-    The tensors are used in place (``load_state_dict(assign=True)``), not copied.
-    Raises ``CheckpointError`` naming ``source`` on missing, unexpected or misshapen keys.
-
-    Args:
-        checked: the names were already checked against ``expected_of`` the module (a
-            file's header, by ``read_tensors``), so the module is not walked again here.
-    """
-    if not checked:
-        check_names(_tensor_names(module), tensors.keys(), source)
-    try:
-        result = module.load_state_dict(tensors, strict=False, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source} does not match the model in the manifest: "
-                              f"{str(e).strip()}") from None
-    if result.missing_keys:  # e.g. a module's extra state, which no tensor file holds
-        raise CheckpointError(f"{source} does not match the model in the manifest: "
-                              f"{len(result.missing_keys)} missing (e.g. "
-                              f"{result.missing_keys[0][:80]})")
-    # With the names checked, the keys a state dict does not take are the buffers that are
-    # not persistent; they become the module's own as well.
-    for name in result.unexpected_keys:
-        owner, _, attr = name.rpartition(".")
-        module.get_submodule(owner).register_buffer(attr, tensors[name], persistent=False)
-
-
-def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter and buffer (persistent or not), tied ones under each name, as
-    ``state_dict`` names them, without its per-tensor detach."""
-    yield from module.named_parameters(remove_duplicate=False)
-    yield from module.named_buffers(remove_duplicate=False)
-
-
-def _tensor_names(module: nn.Module) -> set[str]:
-    return {name for name, _ in _named_tensors(module)}
-
-
-def _split_prefixes(tensors: Mapping[str, torch.Tensor], modules: Sequence[nn.Module],
-                    prefixes: Sequence[str], source: Path | str, checked: bool = False) -> None:
-    """Assigns each ``prefix``-keyed part of ``tensors`` to its module (``checked``: as in
-    ``assign_tensors``)."""
-    rest = set(tensors)
-    for module, prefix in zip(modules, prefixes):
-        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        rest -= {prefix + k for k in part}
-        assign_tensors(module, part, source, checked)
-    if rest:
-        raise CheckpointError(f"{source} holds tensors of no expected module "
-                              f"(e.g. {sorted(rest)[0]}); re-export the bundle")
-
-
-def assign_unit(teacher: BlockNet, block: int, tensors: Mapping[str, torch.Tensor],
-                source: Path | str, checked: bool = False) -> None:
-    """Materialises teacher swap unit ``block`` from the tensors of its block file.
-
-    Shards stored below fp32 (``pwl.precision``) are dequantised here, so every
-    reader of a bundle runs the same fp32 values the export measured.
-    """
-    _split_prefixes(dequantise(tensors, source), teacher.unit_modules(block),
-                    teacher.unit_prefixes(block), source, checked)
-
-
-def assign_parts(parts: Sequence[tuple[nn.Module, str]], tensors: Mapping[str, torch.Tensor],
-                 source: Path | str, checked: bool = False) -> None:
-    """Materialises each (module, key prefix) of ``parts`` from the tensors of one file
-    (``checked``: as in ``assign_tensors``)."""
-    _split_prefixes(tensors, [m for m, _ in parts], [p for _, p in parts], source, checked)
-
-
-def import_builders(model_cfg: Mapping[str, Any], source: str | Path = MANIFEST) -> None:
-    """Checks ``model_cfg`` against the registered builders, which are imported by then.
-
-    A later build then pays for neither imports nor checks. Nothing the config
-    names is imported: a builder is found by a lookup in the registry.
-    """
-    check_saved_model_cfg(model_cfg, source)
-
-
-# In-place ops that only write values (weight initialisation). A meta tensor has no values,
-# so on one they are skipped; ops that change a tensor's shape or strides still run.
-_VALUE_OPS = frozenset({"uniform_", "normal_", "trunc_normal_", "fill_", "zero_", "erfinv_",
-                        "clamp_", "clamp_min_", "clamp_max_", "mul_", "add_", "sub_", "div_",
-                        "exponential_", "bernoulli_", "random_", "log_normal_", "copy_",
-                        "orthogonal_"})
-
-
-class _SkipInitOnMeta(TorchFunctionMode):
-    """Skips weight initialisation of meta tensors.
-
-    On the meta device the initialisers still run, through torch's Python
-    reference implementations, and cost most of a model's build (0.12 of 0.14 s
-    for the ViT-B/16 + ViT-S pair) while producing no values at all.
-    """
-
-    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
-                           kwargs: Mapping[str, Any] | None = None) -> Any:
-        kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init" or (
-                getattr(func, "__name__", None) in _VALUE_OPS):
-            target = kwargs.get("tensor", args[0] if args else None)
-            if isinstance(target, torch.Tensor) and target.is_meta:
-                return target
-        return func(*args, **kwargs)
+# The initialisers of torch.nn.init; on the meta device they produce no values.
+_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+          "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+          "orthogonal_", "sparse_")
 
 
 @contextmanager
 def on_meta() -> Iterator[None]:
-    """Builds modules on the meta device, without running their weight initialisation."""
-    with torch.device("meta"), _SkipInitOnMeta():
+    """Builds modules on the meta device with ``torch.nn.init`` switched off (values that
+    would be thrown away anyway)."""
+    def skip(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    with torch.device("meta"), mock.patch.multiple(torch.nn.init,
+                                                   **{name: skip for name in _INITS}):
         yield
 
 
@@ -172,87 +89,173 @@ def build_on_meta(cfg: Mapping[str, Any], role: str, source: str | Path = MANIFE
         return net.to_empty(device="meta")
 
 
-def build_empty(model_cfg: Mapping[str, Any], feature_shapes: Mapping[str, Sequence],
-                source: str | Path = MANIFEST, student: BlockNet | None = None) -> HybridNet:
-    """The hybrid of ``model_cfg`` with every tensor on the meta device (no memory held).
+def build_empty(manifest: Manifest, source: str | Path = MANIFEST,
+                student: BlockNet | None = None) -> HybridNet:
+    """The hybrid a manifest describes, every tensor on the meta device (no memory held).
 
-    ``model_cfg`` is data read from ``source``: it is validated against the registered
-    builders before anything is built. ``feature_shapes`` (``{"teacher": [...],
-    "student": [...]}``, per boundary) size the adapters without running either network.
-    ``student``: a student already built from ``model_cfg`` (e.g. loaded), used as it is.
+    The model config is data: it is validated against the registered builders before
+    anything is built. The manifest's feature shapes size the adapters without running
+    either network. ``student``: one already built from the same config, used as it is.
     """
-    check_saved_model_cfg(model_cfg, source)
-    teacher = build_on_meta(model_cfg["teacher"], "teacher", source)
+    check_saved_model_cfg(manifest.model, source)
+    teacher = build_on_meta(manifest.model["teacher"], "teacher", source)
     if student is None:
-        student = build_on_meta(model_cfg["student"], "student", source)
+        student = build_on_meta(manifest.model["student"], "student", source)
     try:
         with on_meta():
-            adapters = Adapters(feature_shapes["teacher"], feature_shapes["student"],
-                                model_cfg.get("adapter", "linear"))
-        return HybridNet(teacher, student, adapters).eval()
+            adapters = Adapters(manifest.feature_shapes.teacher, manifest.feature_shapes.student,
+                                manifest.model.get("adapter", "linear"))
+        hybrid = HybridNet(teacher, student, adapters).eval()
     except ConfigError as e:  # e.g. the teacher and the student differ in N
-        raise CheckpointError(f"{source}: {e}; re-export the bundle") from None
+        raise CheckpointError(f"{source}: {e}; {FIX}") from None
     except Exception as e:  # shapes each valid alone may still not pair up
         raise CheckpointError(f"{source}: feature_shapes do not fit the model config "
-                              f"({type(e).__name__}: {str(e)[:200]}); re-export the bundle"
-                              ) from None
+                              f"({type(e).__name__}: {str(e)[:200]}); {FIX}") from None
+    if hybrid.num_blocks != manifest.num_blocks:
+        raise CheckpointError(f"{source} says N={manifest.num_blocks} but its model config "
+                              f"builds N={hybrid.num_blocks} blocks; {FIX}")
+    return hybrid
 
 
-def file_parts(hybrid: HybridNet, rel: str, manifest: Mapping[str, Any]
-               ) -> list[tuple[nn.Module, str]]:
-    """The (module, key prefix) pairs whose tensors bundle file ``rel`` holds."""
-    if rel in (STUDENT_FILE, ADAPTERS_FILE):
-        parts = [(hybrid.student, "student.")] if rel == STUDENT_FILE else []
-        if adapters_file_of(manifest) == rel:
-            parts.append((hybrid.adapters, "adapters."))
-        return parts
-    block = next(i for i in range(hybrid.num_blocks) if teacher_block_file(i) == rel)
+def file_parts(hybrid: HybridNet | BlockNet, rel: str) -> list[tuple[nn.Module, str]]:
+    """The (module, key prefix) pairs whose tensors bundle file ``rel`` holds (a student
+    alone for ``student.safetensors`` before the hybrid is built)."""
+    if rel == STUDENT_FILE:
+        return [(hybrid if isinstance(hybrid, BlockNet) else hybrid.student, "student.")]
+    if rel == ADAPTERS_FILE:
+        return [(hybrid.adapters, "adapters.")]
+    block = int(rel.removeprefix("teacher/block_").removesuffix(".safetensors"))
     return list(zip(hybrid.teacher.unit_modules(block), hybrid.teacher.unit_prefixes(block)))
 
 
-def expected_tensors(hybrid: HybridNet, rel: str, manifest: Mapping[str, Any]
-                     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Name -> (shape, dtype) of every tensor bundle file ``rel`` holds for ``hybrid``."""
-    return expected_of(file_parts(hybrid, rel, manifest))
+def _named_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (persistent or not), tied ones under each name."""
+    yield from module.named_parameters(remove_duplicate=False)
+    yield from module.named_buffers(remove_duplicate=False)
 
 
-def expected_of(parts: Sequence[tuple[nn.Module, str]]
-                ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Name -> (shape, dtype) of every tensor of ``parts`` ((module, key prefix) pairs).
+def expected_tensors(parts: Sequence[tuple[nn.Module, str]], dtype: str) -> Expected:
+    """Name -> (shape, dtype) of every tensor a file stored at ``dtype`` holds for ``parts``.
 
-    Read from the (meta) modules, so a file's safetensors header can be checked
-    against the model before any of its tensor data is used.
+    Read from the (meta) modules, so a file's header is checked against the model
+    before any of its tensor data is used.
     """
-    return {prefix + name: (tuple(v.shape), v.dtype)
-            for module, prefix in parts for name, v in _named_tensors(module)}
+    expected: Expected = {}
+    for module, prefix in parts:
+        for name, tensor in _named_tensors(module):
+            expected.update(stored_spec(prefix + name, tensor, dtype))
+    return expected
 
 
-def check_num_blocks(hybrid: HybridNet, manifest: Mapping[str, Any], bundle: Path) -> None:
-    if hybrid.num_blocks != manifest["num_blocks"]:
-        raise CheckpointError(f"{bundle / MANIFEST} says N={manifest['num_blocks']} but its "
-                              f"model config builds N={hybrid.num_blocks} blocks; re-export "
-                              "the bundle")
+def assign(parts: Sequence[tuple[nn.Module, str]], tensors: Mapping[str, torch.Tensor],
+           source: Path | str) -> None:
+    """Makes the tensors of one file (checked against ``expected_tensors``, dequantised)
+    the modules' own, in place of their meta tensors (not copied)."""
+    for module, prefix in parts:
+        part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            result = module.load_state_dict(part, strict=False, assign=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{source} does not match the model in the manifest: "
+                                  f"{str(e).strip()}") from None
+        if result.missing_keys:  # e.g. a module's extra state, which no tensor file holds
+            raise CheckpointError(f"{source} does not match the model in the manifest: "
+                                  f"{len(result.missing_keys)} missing (e.g. "
+                                  f"{result.missing_keys[0][:80]})")
+        # With the names checked, the keys a state dict does not take are the buffers that
+        # are not persistent; they become the module's own as well.
+        for name in result.unexpected_keys:
+            owner, _, attr = name.rpartition(".")
+            module.get_submodule(owner).register_buffer(attr, part[name], persistent=False)
+
+
+def load_file(bundle: Path, manifest: Manifest, rel: str, parts: Sequence[tuple[nn.Module, str]],
+              pacer: Pacer | None = None, mmap: bool = False,
+              device: torch.device | str = "cpu") -> int:
+    """Reads bundle file ``rel`` (size, sha256 and header checked) into ``parts``; its bytes."""
+    dtype = manifest.dtype(rel)
+    tensors = read_tensors(bundle / rel, manifest.entry(rel), pacer, mmap, device,
+                           expected_tensors(parts, dtype))
+    assign(parts, dequantise(tensors, dtype, bundle / rel), bundle / rel)
+    return manifest.files[rel].bytes
 
 
 def load_bundle_hybrid(bundle_dir: str | Path) -> tuple[HybridNet, dict[str, Any]]:
     """The whole hybrid of a bundle (every file read and checked) in eval mode, and its config."""
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
-    hybrid = build_empty(manifest["model"], manifest["feature_shapes"], bundle / MANIFEST)
-    check_num_blocks(hybrid, manifest, bundle)
+    hybrid = build_empty(manifest, bundle / MANIFEST)
+    for rel in (*SIDE_FILES, *manifest.teacher_files):
+        load_file(bundle, manifest, rel, file_parts(hybrid, rel))
+    return hybrid.eval(), manifest.model
 
-    def read(rel: str) -> tuple[dict[str, torch.Tensor], bool]:
-        """The tensors of ``rel``, and whether their names were checked against the model."""
-        expected = (expected_tensors(hybrid, rel, manifest) if stored_as_model(manifest, rel)
-                    else None)
-        tensors = read_tensors(bundle / rel, file_entry_of(manifest, rel), expected=expected)
-        return tensors, expected is not None
 
-    for rel in sorted(side_files(manifest)):
-        tensors, checked = read(rel)
-        assign_parts(file_parts(hybrid, rel, manifest), tensors, bundle / rel, checked)
-    for i in range(hybrid.num_blocks):
-        rel = teacher_block_file(i)
-        tensors, checked = read(rel)
-        assign_unit(hybrid.teacher, i, tensors, bundle / rel, checked)
-    return hybrid.eval(), manifest["model"]
+def stored_hybrid(hybrid: HybridNet, blocks: Sequence[Mapping[str, torch.Tensor]],
+                  dtype: str) -> HybridNet:
+    """A copy of ``hybrid`` whose teacher runs ``blocks`` (its swap units as stored at
+    ``dtype``, ``pwl.runtime.bundle.stored_blocks``), dequantised as a load does."""
+    copy = deepcopy(hybrid).eval()
+    for i, tensors in enumerate(blocks):
+        assign(file_parts(copy, f"teacher/block_{i}.safetensors"),
+               dequantise(tensors, dtype, f"stored teacher block {i}"),
+               f"stored teacher block {i}")
+    return copy
+
+
+class BundleError(CheckpointError):
+    """A bundle failed ``verify``; ``problems`` lists every problem found, one line each."""
+
+    def __init__(self, bundle: Path, problems: list[str]) -> None:
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        super().__init__(f"{bundle} fails verification with {count}; first: {problems[0]}\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+def _file_problems(bundle: Path, manifest: Manifest, rel: str, expected: Expected | None
+                   ) -> list[str]:
+    """Problems of one file: its sha256, its safetensors header, its tensors vs the model."""
+    path = bundle / rel
+    entry = manifest.entry(rel)
+    try:
+        _, sha = read_file(path, keep=False, limit=entry.bytes, regular_only=True)
+        check_sha256(path, entry, sha)
+        with open_regular(path) as f:
+            prefix = f.read(8)
+            head = prefix + f.read(min(header_length(prefix, entry.bytes, path), MAX_HEADER))
+        header = parse_header(head, entry.bytes, path)
+        if expected is not None:
+            check_header(header, expected, path)
+    except CheckpointError as e:
+        return [str(e)]
+    return []
+
+
+def verify(bundle_dir: str | Path) -> Manifest:
+    """Checks a whole bundle and returns its manifest.
+
+    Checks the manifest (schema, names, layout, sizes, loading order), its model config
+    against the registered builders, and every file: sha256, safetensors header, and
+    tensor names, shapes and dtypes against the model the manifest describes.
+
+    Raises:
+        BundleError: listing every problem found (one per line, the first line a summary).
+    """
+    bundle = Path(bundle_dir)
+    manifest, problems = manifest_problems(bundle)
+    if manifest is None:
+        raise BundleError(bundle, problems)  # the files cannot be checked against it
+    hybrid = None
+    try:
+        hybrid = build_empty(manifest, bundle / MANIFEST)
+    except PWLError as e:
+        problems.append(str(e))
+    for rel in sorted(manifest.files):
+        if name_problem(bundle, rel) or not (bundle / rel).is_file():
+            continue  # reported by the layout check
+        expected = (expected_tensors(file_parts(hybrid, rel), manifest.dtype(rel))
+                    if hybrid is not None else None)
+        problems += _file_problems(bundle, manifest, rel, expected)
+    if problems:
+        raise BundleError(bundle, problems)
+    return manifest

@@ -20,11 +20,8 @@ freeing under a running prediction would crash it or mix masks.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,28 +33,10 @@ from pwl.build import check_saved_model_cfg
 from pwl.config import parse_bandwidth
 from pwl.errors import CheckpointError, PWLError
 from pwl.hybrid import HybridNet
-from pwl.masks import LoadingOrder, blocks_of_masks, loading_masks, parts_needed, teacher_blocks
-from pwl.runtime.manifest import (
-    ADAPTERS_FILE,
-    MANIFEST,
-    STUDENT_FILE,
-    adapters_file_of,
-    file_entry_of,
-    read_manifest,
-    stored_as_model,
-    teacher_block_file,
-)
-from pwl.runtime.materialise import (
-    assign_parts,
-    assign_unit,
-    build_empty,
-    build_on_meta,
-    check_num_blocks,
-    expected_of,
-    expected_tensors,
-    file_parts,
-)
-from pwl.runtime.storage import LoadingStopped, Pacer, prefetch, read_ahead, read_tensors
+from pwl.masks import LoadingOrder, parts_needed, teacher_blocks
+from pwl.runtime.bundle import ADAPTERS_FILE, FIX, MANIFEST, STUDENT_FILE, Manifest, read_manifest
+from pwl.runtime.materialise import build_empty, build_on_meta, file_parts, load_file
+from pwl.runtime.storage import LoadingStopped, Pacer
 
 
 @dataclass(frozen=True)
@@ -96,44 +75,24 @@ class _Snapshot:
         self.active = 0
 
 
-@contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Holds off Python's cyclic garbage collector, and restores its state after.
-
-    Opening a bundle makes a few thousand containers (the manifest, its schema objects,
-    the tensor headers) and no reference cycles. In a process that has just imported torch,
-    the collection they trip can be a generation-1 pass over every young object: measured
-    at about 1 ms on the default bundle, a tenth of its first answer, with nothing to free.
-    It runs on a later allocation instead, after the first answer.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 class ProgressiveModel:
     """A bundle that answers from the student at once and loads teacher blocks in the background.
 
     Create it with ``ProgressiveModel.open(bundle)``.
     """
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], student: BlockNet,
-                 hybrid: HybridNet | None, device: torch.device, bandwidth: float | None,
-                 mmap: bool, started: float) -> None:
+    def __init__(self, bundle: Path, manifest: Manifest, student: BlockNet,
+                 device: torch.device, bandwidth: float | None, mmap: bool,
+                 started: float) -> None:
         self.bundle = bundle
         self.manifest = manifest
         self.device = device
         self.bandwidth = bandwidth
         self.mmap = mmap
         self._student = student
-        # Built (teacher on meta, adapters unread) when first needed; format-1 bundles,
-        # whose student file holds the adapters, have it from open.
-        self._hybrid = hybrid
-        self._adapters_read = adapters_file_of(manifest) == STUDENT_FILE
+        # Built (teacher on meta, adapters unread) when loading starts: the first answer
+        # needs the student only.
+        self._hybrid: HybridNet | None = None
         self._build_lock = threading.Lock()
         self._started = started
         self._cond = threading.Condition()
@@ -150,7 +109,7 @@ class ProgressiveModel:
     @classmethod
     def open(cls, bundle: str | Path, *, bandwidth: float | str | None = None,
              mmap: bool = False, device: str | torch.device = "cpu") -> ProgressiveModel:
-        """Opens a bundle: reads the manifest and the student file, builds the teacher empty.
+        """Opens a bundle: reads the manifest and the student file, and builds the student.
 
         Args:
             bundle: the bundle directory.
@@ -163,39 +122,20 @@ class ProgressiveModel:
                 (a missing file, a wrong size, the student's sha256, N).
         """
         started = time.perf_counter()
-        with cyclic_gc_paused():
-            bundle = Path(bundle)
-            device = torch.device(device)
-            rate = parse_bandwidth(bandwidth)
-            # The student file is used after the manifest is checked and the student is
-            # built; asked for now, its disk read overlaps that work.
-            path = bundle / STUDENT_FILE
-            prefetch(path)
-            manifest = read_manifest(bundle)
-            entry = file_entry_of(manifest, STUDENT_FILE)
-            # Once the manifest vouches for its size, a large student file is read and
-            # hashed while the student is built (checked as any read before it is used).
-            ahead = read_ahead(path, entry) if rate is None and not mmap else None
-            source = bundle / MANIFEST
-            if adapters_file_of(manifest) == STUDENT_FILE:  # format 1: the adapters come too
-                hybrid = build_empty(manifest["model"], manifest["feature_shapes"], source)
-                check_num_blocks(hybrid, manifest, bundle)
-                student, parts = hybrid.student, file_parts(hybrid, STUDENT_FILE, manifest)
-            else:
-                check_saved_model_cfg(manifest["model"], source)
-                hybrid = None
-                student = build_on_meta(manifest["model"]["student"], "student", source)
-                if student.num_blocks != manifest["num_blocks"]:
-                    raise CheckpointError(f"{source} says N={manifest['num_blocks']} but its "
-                                          "model config builds a student of "
-                                          f"N={student.num_blocks} blocks; re-export the bundle")
-                parts = [(student, "student.")]
-            expected = expected_of(parts) if stored_as_model(manifest, STUDENT_FILE) else None
-            tensors = read_tensors(path, entry, Pacer(rate), mmap, device, expected, ahead)
-            assign_parts(parts, tensors, path, checked=expected is not None)
-            model = cls(bundle, manifest, student.eval(), hybrid, device, rate, mmap, started)
-            mask = model.mask
-            model._record(LoadEvent(0, mask, None, model.elapsed(), entry.bytes, model.elapsed()))
+        bundle = Path(bundle)
+        device = torch.device(device)
+        rate = parse_bandwidth(bandwidth)
+        manifest = read_manifest(bundle)
+        source = bundle / MANIFEST
+        check_saved_model_cfg(manifest.model, source)
+        student = build_on_meta(manifest.model["student"], "student", source)
+        if student.num_blocks != manifest.num_blocks:
+            raise CheckpointError(f"{source} says N={manifest.num_blocks} but its model config "
+                                  f"builds a student of N={student.num_blocks} blocks; {FIX}")
+        size = load_file(bundle, manifest, STUDENT_FILE, file_parts(student, STUDENT_FILE),
+                         Pacer(rate), mmap, device)
+        model = cls(bundle, manifest, student.eval(), device, rate, mmap, started)
+        model._record(LoadEvent(0, model.mask, None, model.elapsed(), size, model.elapsed()))
         return model
 
     @property
@@ -208,9 +148,8 @@ class ProgressiveModel:
         are on meta. Built on first use: the first answer needs the student only."""
         with self._build_lock:
             if self._hybrid is None:
-                manifest = self.manifest
-                self._hybrid = build_empty(manifest["model"], manifest["feature_shapes"],
-                                           self.bundle / MANIFEST, self._student).eval()
+                self._hybrid = build_empty(self.manifest, self.bundle / MANIFEST,
+                                           self._student).eval()
             return self._hybrid
 
     @property
@@ -281,22 +220,19 @@ class ProgressiveModel:
 
         Args:
             order: None (the bundle's default), ``"prefix"``, ``"suffix"``, a list
-                of block indices or a list of masks (see ``loading_masks``).
+                of block indices or a list of masks (see ``LoadingOrder.parse``).
 
         Returns:
             the masks the model will pass through, the current one first.
         """
         if self._thread is not None:
             raise RuntimeError("start_loading was already called on this model")
-        masks = loading_masks(self.manifest["loading_order"] if order is None else order,
-                              self.num_blocks)
+        order = LoadingOrder.parse(self.manifest.loading_order if order is None else order,
+                                   self.num_blocks)
+        blocks, masks = order.blocks, list(order.masks)
         self._order = masks
         self.hybrid  # noqa: B018 - builds it (teacher on meta) before any swap
-        if self._adapters_read:
-            # Parts no mask of this order uses are dropped at once; the current mask
-            # (all-S) is in the order, so no running prediction needs them.
-            self._free_unused(masks)
-        self._thread = threading.Thread(target=self._load, args=(masks,), name="pwl-loader",
+        self._thread = threading.Thread(target=self._load, args=(masks, blocks), name="pwl-loader",
                                         daemon=True)
         self._thread.start()
         return list(masks)
@@ -330,53 +266,38 @@ class ProgressiveModel:
         with self._cond:
             self._events.append(event)
 
-    def _load(self, masks: list[str]) -> None:
+    def _load(self, masks: list[str], blocks: list[int]) -> None:
         pacer = Pacer(self.bandwidth, self._stop)
-        teacher = self._hybrid.teacher
         try:
-            blocks = blocks_of_masks(masks, self.num_blocks)
             for step, (block, mask) in enumerate(zip(blocks, masks[1:]), start=1):
                 if self._stop.is_set():
                     return
                 began = time.perf_counter()
-                rel = teacher_block_file(block)
-                path = self.bundle / rel
-                entry = file_entry_of(self.manifest, rel)
-                expected = (expected_tensors(self._hybrid, rel, self.manifest)
-                            if stored_as_model(self.manifest, rel) else None)
-                extra = 0
+                rel = self.manifest.block_file(block)
                 try:
-                    if not self._adapters_read:  # the first step brings the adapters too
-                        extra = self._read_adapters(pacer, masks)
-                    assign_unit(teacher, block, read_tensors(path, entry, pacer, self.mmap,
-                                                             self.device, expected), path,
-                                checked=expected is not None)
+                    size = 0
+                    if step == 1:  # the first step brings the adapters too
+                        size += self._load_file(ADAPTERS_FILE, pacer)
+                        self._free_unused(masks)
+                    size += self._load_file(rel, pacer)
                 except LoadingStopped:
                     return
                 except PWLError as e:
                     self._fail(e, block)
                     return
                 except Exception as e:  # any other failure still must not kill the model
-                    self._fail(CheckpointError(f"loading {path} failed: {type(e).__name__}: "
-                                               f"{e}"), block)
+                    self._fail(CheckpointError(f"loading {self.bundle / rel} failed: "
+                                               f"{type(e).__name__}: {e}"), block)
                     return
                 self._swap(mask, masks[step:])
                 self._record(LoadEvent(teacher_blocks(mask), mask, block, self.elapsed(),
-                                       entry.bytes + extra, time.perf_counter() - began))
+                                       size, time.perf_counter() - began))
         finally:
             self._done.set()
 
-    def _read_adapters(self, pacer: Pacer, masks: list[str]) -> int:
-        """Reads the adapters' file, then frees what no mask of ``masks`` uses; its bytes."""
-        path = self.bundle / ADAPTERS_FILE
-        entry = file_entry_of(self.manifest, ADAPTERS_FILE)
-        parts = file_parts(self._hybrid, ADAPTERS_FILE, self.manifest)
-        expected = expected_of(parts) if stored_as_model(self.manifest, ADAPTERS_FILE) else None
-        assign_parts(parts, read_tensors(path, entry, pacer, self.mmap, self.device, expected),
-                     path, checked=expected is not None)
-        self._adapters_read = True
-        self._free_unused(masks)
-        return entry.bytes
+    def _load_file(self, rel: str, pacer: Pacer) -> int:
+        return load_file(self.bundle, self.manifest, rel, file_parts(self._hybrid, rel), pacer,
+                         self.mmap, self.device)
 
     def _fail(self, error: PWLError, block: int) -> None:
         self._error = error

@@ -28,8 +28,6 @@ from safetensors.torch import load as load_safetensors_bytes
 from pwl.errors import CheckpointError
 
 _MIN_CHUNK = 4 << 10
-# Files from this size on are hashed on a second thread while their tensors are made.
-_HASH_APART_BYTES = 1 << 20
 _MAX_CHUNK = 4 << 20
 # A header lists names, shapes and offsets: kilobytes for any real shard. A larger
 # length is a lie, refused before it is read or allocated.
@@ -119,37 +117,6 @@ def open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def prefetch(path: Path) -> bool:
-    """Asks the kernel to start reading ``path`` into the page cache, without waiting.
-
-    For a file that will be read soon, after other work: its disk read then overlaps that
-    work. Only a regular file that is not a symbolic link is touched (``lstat`` first; the
-    open refuses a link swapped in and never blocks), and nothing is read here, so a file
-    that turns out bad is refused by the read that follows, as before.
-
-    Returns:
-        True if the kernel was asked; False where ``posix_fadvise`` is missing (macOS,
-        Windows) or the path is not a regular file.
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def read_file(path: Path, pacer: Pacer | None = None, keep: bool = True,
               digest: bool = True, limit: int | None = None,
               regular_only: bool = False) -> tuple[bytes | None, str | None]:
@@ -212,72 +179,10 @@ def check_sha256(path: Path, entry: FileEntry, sha256: str) -> None:
                               f"{entry.sha256[:16]}...; the file is corrupt, re-export the bundle")
 
 
-class BackgroundRead:
-    """A file read and then hashed on a thread of its own, from the moment it is made.
-
-    Nothing is parsed there: ``data`` hands over the bytes as soon as they are read and
-    ``sha256`` their digest when it is done, so the caller can make the tensors while the
-    hash runs (hashlib and the read release the GIL) and must check the digest before
-    anything it made leaves its hands (``read_tensors`` does).
-
-    Args:
-        path: the file (a regular file that is not a symbolic link, else the read fails
-            with ``CheckpointError``, raised by ``data``).
-        limit: read at most this many bytes plus one.
-    """
-
-    def __init__(self, path: Path, limit: int) -> None:
-        self.path = path
-        self._limit = limit
-        self._data: bytes | None = None
-        self._sha256: str | None = None
-        self._error: Exception | None = None
-        self._read = threading.Event()
-        self._hashed = threading.Event()
-        threading.Thread(target=self._run, name="pwl-read", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self._data, _ = read_file(self.path, limit=self._limit, digest=False,
-                                      regular_only=True)
-            self._read.set()
-            self._sha256 = hashlib.sha256(self._data).hexdigest()
-        except Exception as e:  # handed to the caller's thread by data()
-            self._error = e
-        finally:
-            self._read.set()
-            self._hashed.set()
-
-    def data(self) -> bytes:
-        """The file's bytes, once read; raises what the read raised."""
-        self._read.wait()
-        if self._data is None:
-            raise self._error or CheckpointError(f"cannot read {self.path}")
-        return self._data
-
-    def sha256(self) -> str:
-        """The hex digest of ``data``, once computed."""
-        self._hashed.wait()
-        if self._sha256 is None:
-            raise self._error or CheckpointError(f"cannot hash {self.path}")
-        return self._sha256
-
-
-def read_ahead(path: Path, entry: FileEntry) -> BackgroundRead | None:
-    """Starts reading and hashing ``path`` (a file the manifest lists as ``entry``, its
-    layout already checked) now, for a read that comes after other work.
-
-    From ``_HASH_APART_BYTES`` on, the file is read and hashed on a thread
-    (``BackgroundRead``), so both overlap that work; below, None: its read and hash take
-    about as long as a thread's start.
-    """
-    return BackgroundRead(path, entry.bytes) if entry.bytes >= _HASH_APART_BYTES else None
-
-
 def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap: bool = False,
                  device: torch.device | str = "cpu",
-                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]] | None = None,
-                 ahead: BackgroundRead | None = None) -> dict[str, torch.Tensor]:
+                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None
+                 ) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file whose size and sha256 match ``entry``.
 
     The header is checked (``parse_header``), and against ``expected`` when given,
@@ -286,37 +191,19 @@ def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap:
     Args:
         mmap: stream the file once for its hash, then read the tensors through
             safetensors' memory map; else parse the bytes read into memory.
-        expected: name -> (shape, dtype or None for any) of every tensor the file must
-            hold, and of no other.
-        ahead: the file's read, started earlier by ``read_ahead`` (unpaced reads into
-            memory only); its bytes are checked here as any others.
+        expected: name -> (shape, dtype) of every tensor the file must hold, and of
+            no other.
     """
     check_size(path, entry)
-    pacer = pacer or Pacer()
-    if ahead is None and (mmap or pacer.rate is not None or entry.bytes < _HASH_APART_BYTES):
-        # Paced reads hash each chunk as it arrives, in the time the pace leaves idle.
-        data, sha = read_file(path, pacer, keep=not mmap, limit=entry.bytes, regular_only=True)
-        check_sha256(path, entry, sha)
-        return _tensors(path, entry, data, mmap, device, expected)
-    if mmap or pacer.rate is not None:
-        raise ValueError("read_tensors: a read started ahead is an unpaced read into memory")
-    # Unpaced: the hash runs on another core while the header is checked and the tensors
-    # are made; nothing leaves here before the hash matches.
-    ahead = ahead or BackgroundRead(path, entry.bytes)
-    data = ahead.data()
-    pacer.consumed(len(data))
-    try:
-        tensors = _tensors(path, entry, data, False, device, expected)
-    except CheckpointError:
-        check_sha256(path, entry, ahead.sha256())  # a corrupt file is named as such
-        raise
-    check_sha256(path, entry, ahead.sha256())
-    return tensors
+    # Paced reads hash each chunk as it arrives, in the time the pace leaves idle.
+    data, sha = read_file(path, pacer, keep=not mmap, limit=entry.bytes, regular_only=True)
+    check_sha256(path, entry, sha)
+    return _tensors(path, entry, data, mmap, device, expected)
 
 
 def _tensors(path: Path, entry: FileEntry, data: bytes | None, mmap: bool,
              device: torch.device | str,
-             expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]] | None
+             expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None
              ) -> dict[str, torch.Tensor]:
     """The tensors of a file after its header is checked (``data``: its bytes, or None to
     read them through safetensors' memory map)."""
@@ -450,18 +337,16 @@ def check_names(expected: Iterable[str], found: Iterable[str], source: Path | st
 
 
 def check_header(header: Mapping[str, TensorInfo],
-                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | None]],
+                 expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
                  path: Path) -> None:
-    """Raises ``CheckpointError`` unless ``header`` holds exactly the ``expected`` tensors.
-
-    ``expected`` maps name -> (shape, dtype); a dtype of None accepts any.
-    """
+    """Raises ``CheckpointError`` unless ``header`` holds exactly the ``expected`` tensors
+    (name -> (shape, dtype))."""
     check_names(expected.keys(), header.keys(), path)
     for name, (shape, dtype) in sorted(expected.items()):
         info = header[name]
         if info.shape != tuple(shape):
             raise CheckpointError(f"{path} does not match the model in the manifest: {name} "
                                   f"has shape {list(info.shape)}, the model {list(shape)}")
-        if dtype is not None and info.dtype != TORCH_DTYPES.get(dtype):
+        if info.dtype != TORCH_DTYPES.get(dtype):
             raise CheckpointError(f"{path} does not match the model in the manifest: {name} "
                                   f"is {info.dtype}, the model {TORCH_DTYPES.get(dtype, dtype)}")
