@@ -10,7 +10,7 @@ that names a registered data module is checked against that module's schema.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -135,18 +135,11 @@ class Pair(OpenSchema):
     num_blocks: Annotated[int, Field(ge=2)]
 
 
-class Curves(OpenSchema):
-    orders: Annotated[list[Literal["bundle", "plan", "prefix", "suffix"]], Field(min_length=1)]
-    dtypes: Annotated[list[Literal["fp32", "fp16", "bf16", "int8"]], Field(min_length=1)]
-    split: Literal["test", "val"] = "test"
-
-
 class Bench(OpenSchema):
     bandwidths: list[float | int | str | None] | float | int | str | None = None
     repeats: Count = 1
     threads: Count | None = None
     pair: Pair | None = None
-    curves: Curves | None = None
 
     @field_validator("bandwidths")
     @classmethod
