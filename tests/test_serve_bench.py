@@ -8,18 +8,14 @@ from omegaconf import OmegaConf
 
 from pwl.bench import (
     bundle_target,
-    curve_orders,
-    curve_variants,
-    measure_curves,
     measure_target,
     paired_ratio,
     run_variant,
 )
 from pwl.bench_worker import VARIANTS, logits_digest
-from pwl.export import read_stage_rows
+from pwl.data.registry import build_datamodule
 from pwl.masks import masks_for_order
 from pwl.runtime import load_bundle_hybrid, read_manifest
-from pwl.stages.curves import mean_accuracy
 from pwl.weights import save_model_cfg, save_weights
 from tests.conftest import CONF_DIR, export_tiny, model_cfg, run_module, tiny_hybrid
 
@@ -56,14 +52,24 @@ def test_export_cli_writes_a_verified_bundle_with_stages_and_data(tmp_path, as_c
     assert proc.returncode == 0, proc.stderr
     assert "verified" in proc.stdout
     manifest = read_manifest(tmp_path / "bundle")
-    assert [(r["mask"], r["accuracy"]) for r in manifest["stages"]] == [
-        (m, 0.1 * k + 0.01) for k, m in enumerate(masks_for_order("prefix", 4))]
-    assert manifest["data"]["_target_"] == "pwl.data.SyntheticDataModule"
-    assert manifest["data"]["image_size"] == 16
+    prefix, suffix = masks_for_order("prefix", 4), masks_for_order("suffix", 4)
+    assert [r.mask for r in manifest.stages] == list(dict.fromkeys(prefix + suffix))
+    assert {(r.split, r.precision) for r in manifest.stages} == {("test", "fp32")}
+    assert manifest.data["_target_"] == "pwl.data.SyntheticDataModule"
+    assert manifest.data["image_size"] == 16
     loaded, _ = load_bundle_hybrid(tmp_path / "bundle")
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x, "TTSS"), hybrid(x, "TTSS"))
+    # the recorded accuracy of TTSS, counted here on the run's test split
+    dm = build_datamodule(manifest.data)
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in dm.test_dataloader():
+            correct += int((hybrid(dm.preprocess(images, train=False), "TTSS").argmax(1)
+                            == labels).sum())
+            total += len(labels)
+    assert manifest.stage_accuracy("TTSS") == correct / total
 
 
 def test_export_cli_reports_a_missing_checkpoint_in_one_line(tmp_path):
@@ -72,14 +78,6 @@ def test_export_cli_reports_a_missing_checkpoint_in_one_line(tmp_path):
     assert proc.stderr.strip().startswith("error:") and "nope" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
-
-
-def test_stage_rows_of_the_last_epoch(tmp_path):
-    path = tmp_path / "stages.csv"
-    path.write_text(STAGE_HEADER + "0,prefix,0,SS,0.5,0,0,1\n1,prefix,0,SS,0.6,0,0,1\n"
-                    "1,prefix,2,TT,0.9,0,0,1\n1,suffix,2,TT,0.9,0,0,1\n")
-    assert read_stage_rows(path) == [{"mask": "SS", "k": 0, "accuracy": 0.6},
-                                     {"mask": "TT", "k": 2, "accuracy": 0.9}]
 
 
 def test_serve_cli_answers_through_every_stage_and_writes_the_timeline(tmp_path):
@@ -152,7 +150,7 @@ def test_bench_measures_the_four_variants(tmp_path):
     manifest = read_manifest(bundle)
     teacher_bytes = target.teacher_file.stat().st_size
     assert by_variant["bundle"]["bytes_ratio"] == (
-        manifest["files"]["student.safetensors"]["bytes"] / teacher_bytes)
+        manifest.files["student.safetensors"].bytes / teacher_bytes)
     # the student alone's file holds the student's tensors and nothing else
     assert safetensors_keys(target.student_file) == set(hybrid.student.state_dict())
 
@@ -197,37 +195,11 @@ def test_student_alone_answers_as_the_bundles_first_answer(tmp_path):
     assert student["logits"] == first["logits"] == expected
 
 
-def test_bench_curves_score_each_dtype_and_order(tmp_path):
-    _, bundle = export_tiny(tmp_path / "bundle", plan=["SSST", "TSST", "TTST", "TTTT"])
-    target = bundle_target(bundle, tmp_path / "whole")
-    orders = curve_orders(read_manifest(bundle), ["bundle", "prefix", "plan"])
-    # the bundle's order is prefix: measured once under both names
-    assert orders == {"bundle=prefix": masks_for_order("prefix", 4),
-                      "plan": ["SSSS", "SSST", "TSST", "TTST", "TTTT"]}
-    variants = curve_variants(bundle, ["fp32", "int8"], orders, "test", tmp_path / "curves")
-    assert [v.dtype for v in variants] == ["fp32", "int8"]
-    assert variants[1].teacher_bytes < 0.5 * variants[0].teacher_bytes
-    for v in variants:  # every mask of both orders, in the variant's own manifest
-        assert set(v.accuracy) == set(orders["bundle=prefix"]) | set(orders["plan"])
-        assert set(v.flips) == {p for o in orders.values() for p in zip(o, o[1:])}
-        assert all(0 <= f <= 1 for f in v.flips.values())
-    window = 10.0
-    rows, curves = measure_curves(target, variants, orders, window, cold=False)
-    assert [(r["dtype"], r["order"]) for r in rows] == [
-        ("fp32", "bundle=prefix"), ("fp32", "plan"), ("int8", "bundle=prefix"), ("int8", "plan")]
-    assert rows[0]["area_ratio"] == 1.0
-    for r in rows:
-        curve = curves[f"{r['dtype']} {r['order']}"]
-        assert [m for _, m, _ in curve.stages] == orders[r["order"]]
-        assert r["mean_accuracy_window"] == pytest.approx(
-            mean_accuracy(curve.stages, window))
-
-
 def test_bench_names_a_workdir_it_cannot_create_in_one_line(tmp_path):
     (tmp_path / "a_file").write_text("")
     workdir = tmp_path / "a_file" / "work"
     _, bundle = export_tiny(tmp_path / "bundle")
-    result = run_module("pwl.bench", f"bundle={bundle}", "random_pair=false", "curves=null",
+    result = run_module("pwl.bench", f"bundle={bundle}", "random_pair=false",
                         f"workdir={workdir}", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
