@@ -36,6 +36,7 @@ from pwl.runtime.bundle import (
     manifest_problems,
     name_problem,
     read_manifest,
+    teacher_block_file,
 )
 from pwl.runtime.storage import (
     MAX_HEADER,
@@ -142,7 +143,7 @@ def file_parts(hybrid: HybridNet | BlockNet, rel: str) -> list[tuple[nn.Module, 
         return [(hybrid if isinstance(hybrid, BlockNet) else hybrid.student, "student.")]
     if rel == ADAPTERS_FILE:
         return [(hybrid.adapters, "adapters.")]
-    block = int(rel.removeprefix("teacher/block_").removesuffix(".safetensors"))
+    block = next(i for i in range(hybrid.num_blocks) if teacher_block_file(i) == rel)
     return list(zip(hybrid.teacher.unit_modules(block), hybrid.teacher.unit_prefixes(block)))
 
 
@@ -214,7 +215,7 @@ def stored_hybrid(hybrid: HybridNet, blocks: Sequence[Mapping[str, torch.Tensor]
     ``dtype``, ``pwl.runtime.bundle.stored_blocks``), dequantised as a load does."""
     copy = deepcopy(hybrid).eval()
     for i, tensors in enumerate(blocks):
-        assign(file_parts(copy, f"teacher/block_{i}.safetensors"),
+        assign(file_parts(copy, teacher_block_file(i)),
                dequantise(tensors, dtype, f"stored teacher block {i}"),
                f"stored teacher block {i}")
     return copy
