@@ -24,17 +24,10 @@ from pwl import speed
 from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.errors import CheckpointError, ConfigError
-from pwl.masks import resolve_masks
+from pwl.masks import parse_orders
 from pwl.runtime.bundle import is_bundle, read_manifest
 from pwl.schemas import check_app_config
-from pwl.stages import (
-    StageResult,
-    accuracy_by_mask,
-    evaluate_on_split,
-    mask_bytes,
-    write_masks,
-    write_stages,
-)
+from pwl.stages import StageResult, evaluate_on_split, write_evaluation
 
 
 def print_result(result: StageResult, paths: dict[str, Path], console: Console) -> None:
@@ -91,7 +84,7 @@ def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
         speed.reuse_cpu_memory()
     hybrid, model_cfg = load_hybrid(checkpoint)
     orders = list(cfg.orders)
-    resolve_masks(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
+    parse_orders(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
 
     if cfg.get("data") is not None:
         data_cfg, source = OmegaConf.to_container(cfg.data, resolve=True), None
@@ -109,9 +102,7 @@ def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
                                progress=True)
 
     meta = {"split": split, "checkpoint": str(checkpoint), "model": model_cfg.get("name")}
-    paths = write_stages([result], out_dir, stem=stem, meta=meta)
-    costs = mask_bytes(hybrid, accuracy_by_mask(result.rows), bundle_block_bytes(checkpoint))
-    paths["masks"] = write_masks(costs, out_dir / f"masks{stem.removeprefix('stages')}.csv")
+    paths = write_evaluation(result, hybrid, out_dir, stem, meta, bundle_block_bytes(checkpoint))
     print_result(result, paths, console)
     return result
 

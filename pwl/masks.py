@@ -3,26 +3,34 @@
 A mask is a string over {S,T} of length N, block 0 first: ``"TTSS"`` runs the
 teacher's first two blocks and the student's last two. Everything that reasons
 about masks lives here: validation, the loading orders (prefix, suffix, window,
-all), the masks the cross-path loss trains on, random mixed masks, loading
-sequences (one teacher block added per step) and which adapters a mask runs
-through. The rule "an adapter converts the feature where the network switches"
-is ``adapter_between``; ``HybridNet.step`` applies it.
+all), the masks the cross-path loss trains on, random mixed masks, which adapters
+a mask runs through and the bytes it loads. The rule "an adapter converts the
+feature where the network switches" is ``adapter_between``; ``HybridNet.step``
+applies it.
+
+A loading order has one form, ``LoadingOrder`` (a name and its masks), made once
+by ``LoadingOrder.parse`` from whatever a config, a file or a caller gives, and
+one vocabulary of names, ``ORDERS``: every config key, file column and table
+says ``prefix``, ``suffix``, ``window``, ``all``, ``plan`` or ``custom``.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from pwl.errors import ConfigError, MaskError
 
-ORDERS = ("prefix", "suffix", "window", "all")
+# The one vocabulary of orders, used by every config key, file column and table.
+NAMED_ORDERS = ("prefix", "suffix", "window", "all")
+PLAN = "plan"
+CUSTOM = "custom"
+ORDERS = (*NAMED_ORDERS, PLAN, CUSTOM)
 TO = {"T": "to_teacher", "S": "to_student"}
-
-# A loading order as configs and manifests give it: a name, block indices, or masks.
-LoadingOrder = str | Sequence[int] | Sequence[str]
 
 
 def validate_mask(mask: str, num_blocks: int) -> str:
@@ -97,37 +105,7 @@ def masks_for_order(order: str, num_blocks: int) -> list[str]:
         return ["S" * n, *runs]
     if order == "all":
         return sorted(("".join(m) for m in itertools.product("ST", repeat=n)), key=order_key)
-    raise MaskError(f"loading order {order!r} is unknown; use one of {list(ORDERS)} "
-                    "or an explicit list of masks")
-
-
-def resolve_masks(orders: str | Sequence[str], num_blocks: int) -> list[tuple[str, str]]:
-    """(order, mask) pairs for loading-order names and explicit masks.
-
-    Args:
-        orders: names among prefix|suffix|window|all and/or masks such as ``"TSTS"``.
-        num_blocks: N.
-
-    Returns:
-        Distinct pairs in the given order. Explicit masks and the masks of ``all``
-        (which is no loading order) get the order ``"custom"``.
-    """
-    if isinstance(orders, str):
-        orders = [orders]
-    if not orders:
-        raise ConfigError("orders is empty; give loading orders (prefix, suffix, window, all) "
-                          "and/or masks such as TTSS")
-    pairs: list[tuple[str, str]] = []
-    for entry in orders:
-        if entry in ORDERS:
-            label = "custom" if entry == "all" else entry
-            pairs += [(label, mask) for mask in masks_for_order(entry, num_blocks)]
-        elif is_mask(entry):
-            pairs.append(("custom", validate_mask(entry, num_blocks)))
-        else:
-            raise MaskError(f"orders entry {entry!r} is neither a loading order {list(ORDERS)} "
-                            f"nor a mask over {{S,T}} of length N={num_blocks}")
-    return list(dict.fromkeys(pairs))
+    raise MaskError(f"loading order {order!r} is unknown; use one of {list(NAMED_ORDERS)}")
 
 
 def prefix_masks(num_blocks: int) -> list[str]:
@@ -155,56 +133,146 @@ def random_mixed_mask(num_blocks: int) -> str:
             return "".join("T" if b else "S" for b in bits)
 
 
-def blocks_of_masks(masks: Sequence[str], num_blocks: int) -> list[int]:
-    """The teacher blocks a sequence of masks adds, one per step (all-student first if left out)."""
-    n = num_blocks
-    masks = [validate_mask(m, n) for m in masks]
-    if not masks or masks[0] != "S" * n:
-        masks = ["S" * n, *masks]
+def _added_blocks(masks: Sequence[str]) -> list[int] | None:
+    """The teacher block each step of ``masks`` adds (all-student first), or None unless
+    every step adds exactly one."""
+    if not masks or "T" in masks[0]:
+        return None
     blocks = []
     for prev, mask in itertools.pairwise(masks):
-        changed = [i for i in range(n) if prev[i] != mask[i]]
+        changed = [i for i, (a, b) in enumerate(zip(prev, mask)) if a != b]
         if len(changed) != 1 or mask[changed[0]] != "T":
-            raise MaskError(f"loading order goes from {prev!r} to {mask!r}; each step must add "
-                            "exactly one teacher block")
+            return None
         blocks.append(changed[0])
     return blocks
 
 
-def loading_masks(order: LoadingOrder, num_blocks: int) -> list[str]:
-    """The masks a loading order passes through: all-student, then one teacher block more each.
+@dataclass(frozen=True)
+class LoadingOrder:
+    """A named sequence of masks: the one form of a loading order.
+
+    ``name`` is one of ``ORDERS``: ``prefix``, ``suffix`` (whatever form gave their
+    masks), ``window``, ``all``, ``plan`` (a loading plan, ``pwl.plan``) or ``custom``
+    (block indices or masks of no other name). A *loadable* order starts at the
+    student and adds one teacher block per step (prefix, suffix, plan, block indices,
+    such masks); window, all and loose masks are sets of masks to evaluate.
+    """
+
+    name: str
+    masks: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, value: Any, num_blocks: int, plan: Sequence[str] | None = None
+              ) -> LoadingOrder:
+        """The order a config, file or caller gives, checked against N.
+
+        Args:
+            value: a name (``prefix``, ``suffix``, ``window``, ``all``, ``plan``), a list
+                of block indices in loading order (``[0, 2, 1]``), a list of masks each
+                adding one teacher block (all-student first, added if left out), or a
+                ``LoadingOrder``. A partial order ends before all-teacher.
+            num_blocks: N.
+            plan: the masks of the loading plan, for ``value="plan"``.
+
+        Raises:
+            MaskError: the value is none of these, or does not fit N (naming it).
+        """
+        n = num_blocks
+        if isinstance(value, LoadingOrder):
+            for mask in value.masks:
+                validate_mask(mask, n)
+            return value
+        if isinstance(value, str):
+            if value == PLAN:
+                if plan is None:
+                    raise MaskError("loading order plan needs a loading plan; run `python -m "
+                                    "pwl.plan checkpoint=<run>` first")
+                return cls(PLAN, cls.parse(list(plan), n).masks)
+            if value not in NAMED_ORDERS:
+                raise MaskError(f"loading order {value!r} is unknown; use one of "
+                                f"{[*NAMED_ORDERS, PLAN]}, block indices or masks")
+            return cls(value, tuple(masks_for_order(value, n)))
+        items = list(value)
+        if items and all(isinstance(m, str) for m in items):
+            masks = [validate_mask(m, n) for m in items]
+            if masks[0] != "S" * n:
+                masks.insert(0, "S" * n)
+            if _added_blocks(masks) is None:
+                raise MaskError(f"loading order {items} must add exactly one teacher block "
+                                "per step, from all-student on")
+        elif items and all(isinstance(b, int) and not isinstance(b, bool) for b in items):
+            if any(not 0 <= b < n for b in items) or len(set(items)) != len(items):
+                raise MaskError(f"loading order {items} must name distinct blocks in "
+                                f"[0, {n - 1}]")
+            masks, current = ["S" * n], ["S"] * n
+            for b in items:
+                current[b] = "T"
+                masks.append("".join(current))
+        else:
+            raise MaskError(f"loading order {items!r} is neither a name, block indices "
+                            "[0, 1, ...] nor masks ['TSSS', 'TTSS', ...]")
+        named = next((name for name in ("prefix", "suffix")
+                      if masks == masks_for_order(name, n)), CUSTOM)
+        return cls(named, tuple(masks))
+
+    @property
+    def loadable(self) -> bool:
+        """True if the order starts at the student and adds one teacher block per step."""
+        return _added_blocks(self.masks) is not None
+
+    @property
+    def blocks(self) -> list[int]:
+        """The teacher block each step adds, in loading order.
+
+        Raises:
+            MaskError: the order is not loadable (window, all, loose masks).
+        """
+        blocks = _added_blocks(self.masks)
+        if blocks is None:
+            raise MaskError(f"loading order {self.name} cannot be loaded block by block; use "
+                            "prefix, suffix, a plan, block indices or masks each adding one "
+                            "teacher block")
+        return blocks
+
+
+def parse_orders(value: Any, num_blocks: int) -> list[LoadingOrder]:
+    """The orders of an evaluation: names, lists (as ``LoadingOrder.parse``) and masks.
+
+    Loose masks (``"TSTS"``) form one ``custom`` order, evaluated as given, in the place
+    of the first of them.
+
+    Raises:
+        ConfigError: no orders; MaskError: an entry is neither an order nor a mask of N.
+    """
+    entries = [value] if isinstance(value, (str, LoadingOrder)) else list(value)
+    if not entries:
+        raise ConfigError("orders is empty; give loading orders (prefix, suffix, window, all) "
+                          "and/or masks such as TTSS")
+    orders, loose, at = [], [], 0
+    for entry in entries:
+        if isinstance(entry, str) and entry not in ORDERS and is_mask(entry):
+            at = at if loose else len(orders)
+            loose.append(validate_mask(entry, num_blocks))
+        elif isinstance(entry, str) and entry not in ORDERS:
+            raise MaskError(f"orders entry {entry!r} is neither a loading order "
+                            f"{list(NAMED_ORDERS)} nor a mask over {{S,T}} of length "
+                            f"N={num_blocks}")
+        else:
+            orders.append(LoadingOrder.parse(entry, num_blocks))
+    if loose:
+        orders.insert(at, LoadingOrder(CUSTOM, tuple(dict.fromkeys(loose))))
+    return orders
+
+
+def bytes_loaded(mask: str, block_bytes: Sequence[int]) -> int:
+    """The bytes ``mask`` loads beyond the student's files: its teacher blocks' bytes.
 
     Args:
-        order: ``"prefix"`` (from the input side), ``"suffix"``, a list of block
-            indices in loading order, or a list of masks each adding one ``T``
-            (all-student first, added if left out).
-        num_blocks: N.
-
-    Returns:
-        masks, ``"S" * N`` first; a partial order ends before all-teacher.
+        mask: the mask.
+        block_bytes: bytes of each teacher block, block 0 first (from a model at a
+            precision, ``pwl.stages.teacher_block_bytes``, or a bundle's files).
     """
-    n = num_blocks
-    if isinstance(order, str):
-        if order not in ("prefix", "suffix"):
-            raise MaskError(f"loading order {order!r} cannot be loaded block by block; use "
-                            "prefix, suffix, a list of block indices or a list of masks")
-        return masks_for_order(order, n)
-    items = list(order)
-    if items and all(isinstance(m, str) for m in items):
-        blocks = blocks_of_masks(items, n)
-    elif all(isinstance(b, int) and not isinstance(b, bool) for b in items):
-        blocks = items
-    else:
-        raise MaskError(f"loading order {items!r} mixes types; give block indices "
-                        "[0, 1, ...] or masks ['TSSS', 'TTSS', ...]")
-    bad = [b for b in blocks if not 0 <= b < n]
-    if bad or len(set(blocks)) != len(blocks):
-        raise MaskError(f"loading order {blocks} must name distinct blocks in [0, {n - 1}]")
-    masks, current = ["S" * n], ["S"] * n
-    for b in blocks:
-        current[b] = "T"
-        masks.append("".join(current))
-    return masks
+    return sum(size for size, who in zip(block_bytes, mask, strict=True) if who == "T")
 
 
 def parts_needed(masks: Sequence[str]) -> tuple[set[int], set[int], set[tuple[str, int]]]:
@@ -215,3 +283,4 @@ def parts_needed(masks: Sequence[str]) -> tuple[set[int], set[int], set[tuple[st
             (teacher if who == "T" else student).add(i)
         adapters |= adapters_used(mask)
     return teacher, student, adapters
+

@@ -18,69 +18,85 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pwl.checkpoint import load_hybrid, run_dir_of
+from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
 from pwl.cli import CONF_DIR, human_bytes, user_errors_as_one_line
 from pwl.config import parse_bandwidth
 from pwl.errors import CheckpointError, ConfigError
-from pwl.evaluate import bundle_block_bytes, evaluate
 from pwl.hybrid import HybridNet
-from pwl.masks import masks_for_order
+from pwl.masks import LoadingOrder
 from pwl.precision import check_dtype
-from pwl.runtime.manifest import MANIFEST, read_manifest, side_files
-from pwl.stages import accuracy_by_mask, last_epoch, read_stages, teacher_block_bytes
-from pwl.stages.plans import PLAN_ORDER, PlanRow, best_order, plan_rows, plot_plan, write_plan
+from pwl.runtime.bundle import is_bundle, read_manifest
+from pwl.stages import (
+    accuracy_by_mask,
+    evaluate_on_split,
+    last_epoch,
+    read_stages,
+    student_bytes,
+    teacher_block_bytes,
+    write_evaluation,
+)
+from pwl.stages.plans import PlanRow, best_order, plan_rows, plot_plan, write_plan
 
 OBJECTIVES = ("auc_bytes", "auc_time")
 ALL_MASKS_STEM = "stages_all_val"
 
 
-def block_bytes_of(checkpoint: Path, hybrid: HybridNet, dtype: str | None) -> tuple[list[int], str]:
-    """Bytes per teacher block and what they are: the bundle's files, or an estimate."""
-    if dtype is None:
-        measured = bundle_block_bytes(checkpoint)
-        if measured is not None:
-            return measured, "the bundle's teacher files"
-        dtype = "fp32"
-    return teacher_block_bytes(hybrid.teacher, check_dtype(dtype)), f"estimated at {dtype}"
+def bundle_bytes(checkpoint: Path) -> tuple[list[int], int] | None:
+    """A bundle's teacher file bytes per block and its student and adapters files' bytes;
+    None for a run."""
+    if not is_bundle(checkpoint):
+        return None
+    manifest = read_manifest(checkpoint)
+    return manifest.block_bytes(), manifest.side_bytes()
 
 
-def student_file_bytes(checkpoint: Path, hybrid: HybridNet) -> int:
-    """Bytes loaded besides the teacher's: the bundle's student and adapters files, or
-    student + adapters at fp32."""
-    if checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
-        manifest = read_manifest(checkpoint)
-        return sum(int(manifest["files"][rel]["bytes"]) for rel in side_files(manifest))
-    return sum(t.numel() * t.element_size()
-               for m in (hybrid.student, hybrid.adapters)
-               for t in (*m.parameters(), *m.buffers()))
+def evaluate_all_masks(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
+                       model_cfg: dict[str, Any], out: Path, console: Console
+                       ) -> dict[str, float]:
+    """Accuracy of every mask on the validation split, also written as ``ALL_MASKS_STEM``."""
+    if cfg.get("data") is not None:
+        data_cfg, source = OmegaConf.to_container(cfg.data, resolve=True), None
+    else:
+        data_cfg, source = saved_data_cfg(checkpoint, fix="pass data=<name> instead")
+    if data_cfg is None:
+        raise ConfigError(f"{checkpoint} has no saved data config; pass one with data=<name> "
+                          "(e.g. data=fashion_mnist)")
+    console.print(f"evaluating every mask of {checkpoint} on the val split", soft_wrap=True)
+    result = evaluate_on_split(hybrid, data_cfg, "val", "all", saved_from=source,
+                               batch_size=cfg.batch_size, limit_batches=cfg.limit_batches,
+                               device=cfg.device, input_shape=model_cfg["input_shape"],
+                               progress=True)
+    bundle = bundle_bytes(checkpoint)
+    write_evaluation(result, hybrid, out, ALL_MASKS_STEM,
+                     {"split": "val", "checkpoint": str(checkpoint),
+                      "model": model_cfg.get("name")}, bundle[0] if bundle else None)
+    return accuracy_by_mask(result.rows)
 
 
-def accuracy_table(cfg: DictConfig, checkpoint: Path, out: Path, console: Console
+def accuracy_table(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
+                   model_cfg: dict[str, Any], out: Path, console: Console
                    ) -> tuple[dict[str, float], str]:
     """Accuracy per mask from ``stages=<csv>``, or from evaluating every mask on val now."""
-    if cfg.stages:
-        path = Path(cfg.stages).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"stages={cfg.stages}: {path} does not exist; give an all-mask "
-                              "stages CSV (pwl.evaluate orders=[all] split=val) or null")
-        meta = path.with_suffix(".json")
-        split = json.loads(meta.read_text()).get("split") if meta.is_file() else None
-        if split == "test":
-            console.print(f"[yellow]note: {path} was measured on the test split; a plan chosen "
-                          "on it overstates its test accuracy (use split=val)[/yellow]")
-        return accuracy_by_mask(last_epoch(read_stages(path))), str(path)
-    ecfg = OmegaConf.create({"checkpoint": str(checkpoint), "orders": ["all"], "split": "val",
-                             "device": cfg.device, "batch_size": cfg.batch_size,
-                             "limit_batches": cfg.limit_batches, "out": str(out),
-                             "data": cfg.get("data")})
-    result = evaluate(ecfg, stem=ALL_MASKS_STEM)
-    return accuracy_by_mask(result.rows), str(out / f"{ALL_MASKS_STEM}.csv")
+    if not cfg.stages:
+        return (evaluate_all_masks(cfg, checkpoint, hybrid, model_cfg, out, console),
+                str(out / f"{ALL_MASKS_STEM}.csv"))
+    path = Path(cfg.stages).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"stages={cfg.stages}: {path} does not exist; give an all-mask "
+                          "stages CSV (pwl.evaluate orders=[all] split=val) or null")
+    meta = path.with_suffix(".json")
+    split = json.loads(meta.read_text()).get("split") if meta.is_file() else None
+    if split == "test":
+        console.print(f"[yellow]note: {path} was measured on the test split; a plan chosen "
+                      "on it overstates its test accuracy (use split=val)[/yellow]")
+    return accuracy_by_mask(last_epoch(read_stages(path))), str(path)
 
 
 def plan(cfg: DictConfig) -> list[PlanRow]:
@@ -101,19 +117,26 @@ def plan(cfg: DictConfig) -> list[PlanRow]:
     out = Path(cfg.out).expanduser() if cfg.out else run_dir_of(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    hybrid, _ = load_hybrid(checkpoint)
+    hybrid, model_cfg = load_hybrid(checkpoint)
     n = hybrid.num_blocks
-    block_bytes, bytes_source = block_bytes_of(checkpoint, hybrid, cfg.dtype)
-    accuracy, table_source = accuracy_table(cfg, checkpoint, out, console)
+    bundle = bundle_bytes(checkpoint)
+    if cfg.dtype is None and bundle is not None:
+        block_bytes, bytes_source = bundle[0], "the bundle's teacher files"
+    else:
+        dtype = check_dtype(cfg.dtype or "fp32")
+        block_bytes = teacher_block_bytes(hybrid.teacher, dtype)
+        bytes_source = f"estimated at {dtype}"
+    side_bytes = bundle[1] if bundle is not None else student_bytes(hybrid)
+    accuracy, table_source = accuracy_table(cfg, checkpoint, hybrid, model_cfg, out, console)
 
-    masks, _ = best_order(accuracy, block_bytes)
-    rows = plan_rows(PLAN_ORDER, masks, accuracy, block_bytes)
-    for order in ("prefix", "suffix"):
-        order_masks = masks_for_order(order, n)
-        if all(m in accuracy for m in order_masks[:-1]):
-            rows += plan_rows(order, order_masks, accuracy, block_bytes)
+    plan, _ = best_order(accuracy, block_bytes)
+    rows = plan_rows(plan, accuracy, block_bytes)
+    for name in ("prefix", "suffix"):
+        order = LoadingOrder.parse(name, n)
+        if all(m in accuracy for m in order.masks[:-1]):
+            rows += plan_rows(order, accuracy, block_bytes)
     paths = [write_plan(rows, out / "plan.csv"), plot_plan(rows, out / "plan.png")]
-    print_plan(rows, cfg.objective, bandwidth, student_file_bytes(checkpoint, hybrid), console)
+    print_plan(rows, cfg.objective, bandwidth, side_bytes, console)
     console.print(f"accuracies: {table_source}; block bytes: {bytes_source} "
                   f"({', '.join(human_bytes(b) for b in block_bytes)})", soft_wrap=True)
     console.print("wrote: " + "  ".join(str(p) for p in paths), soft_wrap=True)
@@ -121,14 +144,14 @@ def plan(cfg: DictConfig) -> list[PlanRow]:
 
 
 def print_plan(rows: list[PlanRow], objective: str, bandwidth: float | None,
-               student_bytes: int, console: Console) -> None:
+               side_bytes: int, console: Console) -> None:
     """One line per order: its block order, area and mean accuracy, and the ratio to prefix."""
     orders = list(dict.fromkeys(r.order for r in rows))
     first = {o: next(r for r in rows if r.order == o) for o in orders}
     total = max(r.bytes_loaded for r in rows)
     if objective == "auc_time":
         # Seconds at the bandwidth; the window starts when the student file starts loading.
-        window = (student_bytes + total) / bandwidth
+        window = (side_bytes + total) / bandwidth
         areas = {o: first[o].mean_accuracy * total / bandwidth for o in orders}
         means = {o: areas[o] / window for o in orders}
         unit = "accuracy x s"

@@ -40,6 +40,7 @@ from pwl.stages import last_epoch, read_stages
 ORDER_TITLES = {"prefix": "Prefix loading (teacher blocks from the input side)",
                 "suffix": "Suffix loading (teacher blocks from the output side)",
                 "window": "Window loading (one contiguous run of teacher blocks)",
+                "all": "Every mask",
                 "custom": "Other masks"}
 
 

@@ -12,7 +12,7 @@ from pwl.build import build_hybrid
 from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
 from pwl.data import SyntheticDataModule
 from pwl.errors import CheckpointError, ConfigError, MaskError
-from pwl.evaluate import evaluate
+from pwl.evaluate import evaluate, run
 from pwl.stages import COLUMNS, read_stages
 from pwl.weights import save_model_cfg, save_weights
 from tests.conftest import CONF_DIR, model_cfg, run_module
@@ -122,11 +122,11 @@ def test_a_lightning_checkpoint_uses_its_runs_data(run_dir, tmp_path):
 
 
 def test_a_bundle_uses_the_data_of_its_manifest(run_dir, tmp_path):
-    from pwl.export import export_bundle
+    from pwl.runtime import write_bundle
 
     hybrid, cfg = load_hybrid(run_dir)
-    bundle = export_bundle(hybrid, cfg, tmp_path / "bundle",
-                           data_cfg={**DATA, "num_test": 24, "data_seed": 3})
+    bundle = tmp_path / "bundle"
+    write_bundle(hybrid, cfg, bundle, data_cfg={**DATA, "num_test": 24, "data_seed": 3})
     result = run_evaluate([f"checkpoint={bundle}", f"out={tmp_path / 'out'}", "orders=[prefix]"])
     assert result.samples == 24
     assert (tmp_path / "out" / "stages.csv").is_file()
@@ -155,7 +155,14 @@ def test_command_line(run_dir, tmp_path):
     assert len(read_stages(hydra_dir / "stages.csv")) == 5
     assert "prefix AUC" in ok.stdout and "stages.csv" in ok.stdout
 
-    bad = run_module("pwl.evaluate", f"checkpoint={tmp_path}/nope",
-                     f"hydra.run.dir={tmp_path / 'bad'}", cwd=ROOT)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+
+
+def test_a_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"checkpoint={tmp_path}/nope",
+                                             f"out={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as exit_:
+        run(cfg)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "does not exist" in err

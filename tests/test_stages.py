@@ -4,15 +4,25 @@ from collections import Counter
 
 import pytest
 import torch
+from torch import nn
 
+from pwl.adapters import Adapters
+from pwl.blocks import BlockNet
 from pwl.build import build_hybrid
-from pwl.errors import ConfigError, MaskError
-from pwl.masks import masks_for_order, resolve_masks
+from pwl.data import SyntheticDataModule
+from pwl.errors import ConfigError
+from pwl.hybrid import HybridNet
+from pwl.masks import masks_for_order
 from pwl.stages import (
     COLUMNS,
+    MaskBytes,
     StageEvaluator,
+    evaluate_on_split,
     evaluate_stages,
+    mask_costs,
     read_stages,
+    student_bytes,
+    teacher_block_bytes,
     write_stages,
 )
 from tests.conftest import model_cfg
@@ -118,34 +128,46 @@ def test_each_block_runs_once_per_distinct_prefix(hybrid, batches, orders, runs,
                 assert calls[("to_" + who, i)] == switches * len(batches)
 
 
-def test_resolve_masks_labels_orders_and_rejects_bad_entries():
-    pairs = resolve_masks(["prefix", "TSTS", "TTSS"], 4)
-    assert pairs[:5] == [("prefix", m) for m in masks_for_order("prefix", 4)]
-    assert pairs[5:] == [("custom", "TSTS"), ("custom", "TTSS")]
-    assert all(order == "custom" for order, _ in resolve_masks("all", 3))
-    assert len(resolve_masks(["prefix", "prefix"], 4)) == 5
-    with pytest.raises(MaskError, match="neither a loading order"):
-        resolve_masks(["prefx"], 4)
-    with pytest.raises(MaskError, match="length 3"):
-        resolve_masks(["TTS"], 4)
-    with pytest.raises(ConfigError, match="orders is empty"):
-        resolve_masks([], 4)
+def hand_made_hybrid():
+    """N=2 on tokens (B, 1, 4), with parameter counts worked out by hand below.
+
+    Teacher unit 0: stem Linear(4, 32) (160) + Linear(32, 32) (1056); unit 1: Linear(32, 32)
+    (1056) + head Linear(32, 2) (66). Student unit 0: Linear(4, 8) (40) + Linear(8, 8) (72);
+    unit 1: Linear(8, 8) (72) + Linear(8, 2) (18). to_student[0]: Linear(32, 8) (264);
+    to_teacher[0]: Linear(8, 32) (288).
+    """
+    def net(width):
+        return BlockNet(nn.Linear(4, width), [nn.Linear(width, width), nn.Linear(width, width)],
+                        nn.Sequential(nn.Flatten(), nn.Linear(width, 2)), num_classes=2)
+
+    return HybridNet(net(32), net(8), Adapters([(1, 32)], [(1, 8)])).eval()
 
 
-def test_params_and_bytes_count_the_teacher_units_of_the_mask(hybrid, batches):
-    labels = torch.zeros(len(batches[0]), dtype=torch.long)
-    result = evaluate_stages(hybrid, [(batches[0], labels)], ["prefix", "STSS"])
-    rows = {r.mask: r for r in result.rows}
-    teacher = hybrid.teacher
-    total_bytes = sum(t.numel() * t.element_size() for t in teacher.state_dict().values())
-    assert rows["SSSS"].bytes_loaded == 0 and rows["SSSS"].teacher_params == 0
-    assert rows["TTTT"].bytes_loaded == total_bytes
-    assert rows["TTTT"].teacher_params == sum(p.numel() for p in teacher.parameters())
-    block1 = teacher.blocks[1]
-    assert rows["STSS"].teacher_params == sum(p.numel() for p in block1.parameters())
-    assert rows["STSS"].bytes_loaded == sum(t.numel() * t.element_size()
-                                            for t in block1.state_dict().values())
-    assert all(r.ms_per_batch >= 0 for r in result.rows)
+def test_costs_of_a_mask_by_hand():
+    hybrid = hand_made_hybrid()
+    # fp32: 4 bytes a value. fp16 and int8 shrink only the 32x32 weights (1024 values):
+    # 2 bytes or 1 byte a value (+ 32 fp32 scales for int8); the rest stays fp32.
+    assert teacher_block_bytes(hybrid.teacher) == [4 * 1216, 4 * 1122]
+    assert teacher_block_bytes(hybrid.teacher, "fp16") == [4 * 192 + 2 * 1024,
+                                                           4 * 98 + 2 * 1024]
+    assert teacher_block_bytes(hybrid.teacher, "int8") == [4 * 192 + 1024 + 4 * 32,
+                                                           4 * 98 + 1024 + 4 * 32]
+    # What is left of the student's files: its blocks and adapters the mask runs.
+    assert student_bytes(hybrid, "TS") == 4 * (90 + 264)
+    assert student_bytes(hybrid, "ST") == 4 * (112 + 288)
+    assert student_bytes(hybrid, "SS") == 4 * 202
+    assert student_bytes(hybrid, "TT") == 0
+    assert student_bytes(hybrid) == 4 * (202 + 264 + 288)
+    assert mask_costs(hybrid, {"TS": 0.5, "TT": 0.75}, bundle_block_bytes=[100, 200]) == [
+        MaskBytes("TS", 1, 0.5, 4 * 354, 4 * 1216, 4 * 192 + 2048, 4 * 192 + 1152, 100),
+        MaskBytes("TT", 2, 0.75, 0, 4 * 2338, 4 * 290 + 4096, 4 * 290 + 2304, 300)]
+    assert mask_costs(hybrid, {"SS": 0.25})[0].teacher_bytes_bundle is None
+
+    images = torch.randn(6, 1, 4)
+    result = evaluate_stages(hybrid, [(images, torch.zeros(6, dtype=torch.long))], "all")
+    assert [(r.mask, r.teacher_params, r.bytes_loaded) for r in result.rows] == [
+        ("SS", 0, 0), ("TS", 1216, 4 * 1216), ("ST", 1122, 4 * 1122), ("TT", 2338, 4 * 2338)]
+    assert {r.order for r in result.rows} == {"all"}
 
 
 def test_prefix_auc_and_scalar_names(hybrid, batches):
@@ -192,3 +214,21 @@ def test_files_follow_the_contract(hybrid, batches, tmp_path):
     assert doc["evaluations"][0]["naive_block_runs"] == 8 * 4
 
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_on_split_takes_a_config_or_a_data_module(hybrid):
+    data = {"_target_": "pwl.data.SyntheticDataModule", "num_train": 64, "num_test": 40,
+            "val_size": 16, "batch_size": 16, "image_size": 16, "in_chans": 3,
+            "num_classes": 10}
+    from_cfg = evaluate_on_split(hybrid, data, "test", "prefix", batch_size=8,
+                                 limit_batches=3, device="cpu", input_shape=(3, 16, 16))
+    assert (from_cfg.samples, from_cfg.batches) == (24, 3)
+    dm = SyntheticDataModule(**{k: v for k, v in data.items() if k != "_target_"},
+                             eval_batch_size=8)
+    from_dm = evaluate_on_split(hybrid, dm, "test", ["prefix"], limit_batches=3)
+    assert [r.accuracy for r in from_dm.rows] == [r.accuracy for r in from_cfg.rows]
+    assert evaluate_on_split(hybrid, dm, "val", "prefix").samples == 16
+    with pytest.raises(ConfigError, match="split='train' is unknown"):
+        evaluate_on_split(hybrid, dm, "train", "prefix")
+    with pytest.raises(ConfigError, match=r"shape \[3, 16, 16\] but the model expects \[1, "):
+        evaluate_on_split(hybrid, dm, "test", "prefix", input_shape=(1, 28, 28))

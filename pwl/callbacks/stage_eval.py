@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pwl.errors import ConfigError
-from pwl.masks import resolve_masks
+from pwl.masks import parse_orders
 from pwl.stages import COLUMNS, StageEvaluator, StageResult, StageRow, write_stages
 
 SPLITS = ("val", "test")
@@ -74,7 +74,7 @@ class StageEval(L.Callback):
                               f"{type(pl_module).__name__}; leave callbacks.stage_eval out of "
                               "this phase (phase=teacher drops it)")
         # A typo in the orders fails here, not after the first training epoch.
-        resolve_masks(self.orders, hybrid.num_blocks)
+        parse_orders(self.orders, hybrid.num_blocks)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -103,7 +103,8 @@ class StageEval(L.Callback):
         if evaluated is None:
             return
         # The monitor's extra masks stay out of the curve: files hold the orders asked for.
-        wanted = set(resolve_masks(self.orders, evaluated.num_blocks))
+        wanted = {(o.name, m) for o in parse_orders(self.orders, evaluated.num_blocks)
+                  for m in o.masks}
         result = replace(evaluated, rows=[r for r in evaluated.rows
                                           if (r.order, r.mask) in wanted])
         self._record(stem, result)

@@ -1,36 +1,30 @@
-"""Loading stages: the shared-prefix evaluator and the stage files it writes.
+"""Loading stages: the shared-prefix evaluator, what a mask costs, and the stage files.
 
 ``pwl.stages.evaluator`` measures the accuracy of many masks at once;
-``pwl.stages.files`` writes and reads the **contract** ``stages.csv``;
-``pwl.stages.measure`` evaluates a hybrid on a data split (``evaluate_on_split``).
+``pwl.stages.measure`` runs it on a data split (``evaluate_on_split``, the call
+every entry point shares); ``pwl.stages.costs`` gives the bytes of a mask's parts;
+``pwl.stages.files`` writes and reads the **contract** ``stages.csv``.
 """
 
-from pwl.stages.evaluator import (
-    K_ORDERS,
-    StageEvaluator,
-    StageResult,
-    evaluate_stages,
-    mask_bytes,
-    mask_bytes_loaded,
-    mask_teacher_params,
-    prefix_auc,
-    student_bytes_used,
-    teacher_block_bytes,
-)
+from pwl.stages.costs import mask_costs, mask_teacher_params, student_bytes, teacher_block_bytes
+from pwl.stages.evaluator import StageEvaluator, evaluate_stages
 from pwl.stages.files import (
     COLUMNS,
+    K_ORDERS,
     MaskBytes,
+    StageResult,
     StageRow,
     accuracy_by_mask,
     last_epoch,
     plot_stages,
+    prefix_auc,
     read_stages,
     write_csv,
     write_json,
     write_masks,
     write_stages,
 )
-from pwl.stages.measure import evaluate_on_split, resolve_device
+from pwl.stages.measure import evaluate_on_split, resolve_device, write_evaluation
 
 __all__ = [
     "COLUMNS",
@@ -43,16 +37,16 @@ __all__ = [
     "evaluate_on_split",
     "evaluate_stages",
     "last_epoch",
-    "mask_bytes",
-    "mask_bytes_loaded",
+    "mask_costs",
     "mask_teacher_params",
     "plot_stages",
     "prefix_auc",
     "read_stages",
     "resolve_device",
-    "student_bytes_used",
+    "student_bytes",
     "teacher_block_bytes",
     "write_csv",
+    "write_evaluation",
     "write_json",
     "write_masks",
     "write_stages",

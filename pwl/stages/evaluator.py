@@ -14,140 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from pwl.blocks import BlockNet
 from pwl.errors import ConfigError, DataError
 from pwl.hybrid import HybridNet
-from pwl.masks import masks_for_order, parts_needed, resolve_masks, teacher_blocks
-from pwl.precision import estimated_bytes
-from pwl.stages.files import MaskBytes, StageRow
-
-# Orders whose masks are named by k alone in scalar keys (one mask per k).
-K_ORDERS = ("prefix", "suffix")
-
-
-def mask_teacher_params(hybrid: HybridNet, mask: str) -> int:
-    """Parameters of the teacher units that ``mask`` runs."""
-    return sum(hybrid.teacher.unit_num_params(i) for i, who in enumerate(mask) if who == "T")
-
-
-def mask_bytes_loaded(hybrid: HybridNet, mask: str) -> int:
-    """Bytes ``mask`` needs beyond the student shard (which holds student and adapters)."""
-    return sum(hybrid.teacher.unit_num_bytes(i) for i, who in enumerate(mask) if who == "T")
-
-
-def teacher_block_bytes(teacher: BlockNet, dtype: str = "fp32") -> list[int]:
-    """Bytes of each teacher block's tensors stored at ``dtype`` (``pwl.precision``), block 0 first.
-
-    An estimate from the tensors' sizes: a bundle's files add a small header each.
-    """
-    return [sum(estimated_bytes(dict((*m.named_parameters(), *m.named_buffers())), dtype)
-                for m in teacher.unit_modules(i)) for i in range(teacher.num_blocks)]
-
-
-def student_bytes_used(hybrid: HybridNet, mask: str) -> int:
-    """Bytes of the student blocks and adapters ``mask`` still runs (what remains of the
-    student shard once everything else is freed)."""
-    _, student, adapters = parts_needed([mask])
-    tensors = [t for i in student for m in hybrid.student.unit_modules(i)
-               for t in (*m.parameters(), *m.buffers())]
-    tensors += [t for kind, b in adapters for t in (*getattr(hybrid.adapters, kind)[b].parameters(),
-                                                    *getattr(hybrid.adapters, kind)[b].buffers())]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def mask_bytes(hybrid: HybridNet, accuracy: dict[str, float],
-               bundle_block_bytes: Sequence[int] | None = None) -> list[MaskBytes]:
-    """Per mask: its accuracy, the student bytes it still runs and its teacher bytes at
-    every precision (estimated), and in the bundle's files when ``bundle_block_bytes``
-    (one size per teacher file) is given."""
-    per_dtype = {dtype: teacher_block_bytes(hybrid.teacher, dtype)
-                 for dtype in ("fp32", "fp16", "int8")}
-
-    def teacher(sizes: Sequence[int], mask: str) -> int:
-        return sum(size for size, who in zip(sizes, mask) if who == "T")
-
-    return [MaskBytes(mask=mask, k=teacher_blocks(mask), accuracy=acc,
-                      student_bytes=student_bytes_used(hybrid, mask),
-                      teacher_bytes_fp32=teacher(per_dtype["fp32"], mask),
-                      teacher_bytes_fp16=teacher(per_dtype["fp16"], mask),
-                      teacher_bytes_int8=teacher(per_dtype["int8"], mask),
-                      teacher_bytes_bundle=(teacher(bundle_block_bytes, mask)
-                                            if bundle_block_bytes is not None else None))
-            for mask, acc in accuracy.items()]
-
-
-def prefix_auc(rows: Iterable[StageRow], num_blocks: int) -> float | None:
-    """Mean accuracy over the prefix curve k=0..N (its area), or None if a point is missing.
-
-    ``rows`` are one evaluation's rows; the prefix masks may come from any order.
-    """
-    accuracy = {r.mask: r.accuracy for r in rows}
-    masks = masks_for_order("prefix", num_blocks)
-    if not all(m in accuracy for m in masks):
-        return None
-    return sum(accuracy[m] for m in masks) / len(masks)
-
-
-@dataclass
-class StageResult:
-    """One evaluation: its rows and how much work the shared prefixes saved.
-
-    Attributes:
-        rows: one per (order, mask), in order.
-        num_blocks: N.
-        batches: batches evaluated.
-        samples: images evaluated.
-        block_runs: blocks run, over all batches.
-        naive_block_runs: blocks that one full forward per mask would have run.
-        flips: per (mask a, mask b) pair asked for, the images that a classifies right
-            and b wrong.
-
-    Counts cover all processes when they were reduced; ``ms_per_batch`` is this process's.
-    """
-
-    rows: list[StageRow]
-    num_blocks: int
-    batches: int
-    samples: int
-    block_runs: int
-    naive_block_runs: int
-    flips: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    @property
-    def epoch(self) -> int:
-        return self.rows[0].epoch
-
-    @property
-    def prefix_auc(self) -> float | None:
-        return prefix_auc(self.rows, self.num_blocks)
-
-    def accuracy(self, mask: str) -> float:
-        return next(r.accuracy for r in self.rows if r.mask == mask)
-
-    def flip_rate(self, before: str, after: str) -> float:
-        """The share of images ``before`` classifies right and ``after`` wrong: how often
-        swapping ``before`` for ``after`` breaks an answer (0 for a monotone step)."""
-        return self.flips[(before, after)] / self.samples
-
-    def meta(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "num_blocks": self.num_blocks, "batches": self.batches,
-                "samples": self.samples, "block_runs": self.block_runs,
-                "naive_block_runs": self.naive_block_runs, "prefix_auc": self.prefix_auc}
-
-    def scalars(self, prefix: str = "stages") -> dict[str, float]:
-        """Scalar names and values: ``<prefix>/<order>/k<k>`` (``/<mask>`` for
-        window and custom orders) and ``<prefix>/prefix_auc``."""
-        out = {f"{prefix}/{r.order}/" + (f"k{r.k}" if r.order in K_ORDERS else r.mask):
-               r.accuracy for r in self.rows}
-        auc = self.prefix_auc
-        if auc is not None:
-            out[f"{prefix}/prefix_auc"] = auc
-        return out
+from pwl.masks import bytes_loaded, parse_orders, teacher_blocks
+from pwl.stages.costs import mask_teacher_params, teacher_block_bytes
+from pwl.stages.files import StageResult, StageRow
 
 
 class StageEvaluator:
@@ -155,17 +30,18 @@ class StageEvaluator:
 
     Args:
         hybrid: the model; put it in eval mode and disable grad before ``update``.
-        orders: loading-order names and/or explicit masks (see ``resolve_masks``).
+        orders: loading orders and/or masks (see ``pwl.masks.parse_orders``).
         flip_pairs: (mask a, mask b) pairs, both among the masks of ``orders``, whose
             right-to-wrong flips are counted (``StageResult.flips``); e.g. the
             consecutive masks of a loading order, for its monotonicity.
     """
 
-    def __init__(self, hybrid: HybridNet, orders: str | Sequence[str],
+    def __init__(self, hybrid: HybridNet, orders: Any,
                  flip_pairs: Sequence[tuple[str, str]] = ()) -> None:
         self.hybrid = hybrid
         self.num_blocks = n = hybrid.num_blocks
-        self.pairs = resolve_masks(orders, n)
+        self.pairs = list(dict.fromkeys((order.name, mask) for order in parse_orders(orders, n)
+                                        for mask in order.masks))
         self.masks = list(dict.fromkeys(mask for _, mask in self.pairs))
         self.mask_index = {mask: j for j, mask in enumerate(self.masks)}
         self.flip_pairs = list(dict.fromkeys((a, b) for a, b in flip_pairs))
@@ -277,10 +153,11 @@ class StageEvaluator:
         correct, flips, (total, batches, block_runs) = counts[:m], counts[m:-3], counts[-3:]
         if total == 0:
             raise DataError("stage evaluation saw no images; the evaluation split is empty")
+        block_bytes = teacher_block_bytes(self.hybrid.teacher)
         rows = [StageRow(epoch=epoch, order=order, k=teacher_blocks(mask), mask=mask,
                          accuracy=correct[self.mask_index[mask]] / total,
                          teacher_params=mask_teacher_params(self.hybrid, mask),
-                         bytes_loaded=mask_bytes_loaded(self.hybrid, mask),
+                         bytes_loaded=bytes_loaded(mask, block_bytes),
                          ms_per_batch=round(self.mask_ms(mask), 4))
                 for order, mask in self.pairs]
         return StageResult(rows=rows, num_blocks=self.num_blocks, batches=batches,
@@ -290,7 +167,7 @@ class StageEvaluator:
 
 
 def evaluate_stages(hybrid: HybridNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    orders: str | Sequence[str], epoch: int = 0,
+                    orders: Any, epoch: int = 0,
                     flip_pairs: Sequence[tuple[str, str]] = ()) -> StageResult:
     """Evaluates ``orders`` on preprocessed batches (images (B, C, H, W), labels (B,)).
 

@@ -1,6 +1,8 @@
-"""Stage files: one writer and one typed reader of the **contract** ``stages.csv``.
+"""Stage results and their files: one writer and one typed reader of the **contract**
+``stages.csv``.
 
-One row per (epoch, mask)::
+An evaluation (``StageResult``) is one ``StageRow`` per (order, mask). One row per
+(epoch, mask)::
 
     epoch,order,k,mask,accuracy,teacher_params,bytes_loaded,ms_per_batch
 
@@ -15,16 +17,14 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pwl.atomic import atomic_write_text, write_dataclass_csv
 from pwl.errors import CheckpointError
-from pwl.masks import order_key
+from pwl.masks import masks_for_order, order_key
 
-if TYPE_CHECKING:
-    from pwl.stages.evaluator import StageResult
 
 @dataclass
 class StageRow:
@@ -41,6 +41,79 @@ class StageRow:
 
 
 COLUMNS = tuple(f.name for f in fields(StageRow))
+
+
+# Orders whose masks are named by k alone in scalar keys (one mask per k).
+K_ORDERS = ("prefix", "suffix")
+
+
+def prefix_auc(rows: Iterable[StageRow], num_blocks: int) -> float | None:
+    """Mean accuracy over the prefix curve k=0..N (its area), or None if a point is missing.
+
+    ``rows`` are one evaluation's rows; the prefix masks may come from any order.
+    """
+    accuracy = {r.mask: r.accuracy for r in rows}
+    masks = masks_for_order("prefix", num_blocks)
+    if not all(m in accuracy for m in masks):
+        return None
+    return sum(accuracy[m] for m in masks) / len(masks)
+
+
+@dataclass
+class StageResult:
+    """One evaluation: its rows and how much work the shared prefixes saved.
+
+    Attributes:
+        rows: one per (order, mask), in order.
+        num_blocks: N.
+        batches: batches evaluated.
+        samples: images evaluated.
+        block_runs: blocks run, over all batches.
+        naive_block_runs: blocks that one full forward per mask would have run.
+        flips: per (mask a, mask b) pair asked for, the images that a classifies right
+            and b wrong.
+
+    Counts cover all processes when they were reduced; ``ms_per_batch`` is this process's.
+    """
+
+    rows: list[StageRow]
+    num_blocks: int
+    batches: int
+    samples: int
+    block_runs: int
+    naive_block_runs: int
+    flips: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return self.rows[0].epoch
+
+    @property
+    def prefix_auc(self) -> float | None:
+        return prefix_auc(self.rows, self.num_blocks)
+
+    def accuracy(self, mask: str) -> float:
+        return next(r.accuracy for r in self.rows if r.mask == mask)
+
+    def flip_rate(self, before: str, after: str) -> float:
+        """The share of images ``before`` classifies right and ``after`` wrong: how often
+        swapping ``before`` for ``after`` breaks an answer (0 for a monotone step)."""
+        return self.flips[(before, after)] / self.samples
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "num_blocks": self.num_blocks, "batches": self.batches,
+                "samples": self.samples, "block_runs": self.block_runs,
+                "naive_block_runs": self.naive_block_runs, "prefix_auc": self.prefix_auc}
+
+    def scalars(self, prefix: str = "stages") -> dict[str, float]:
+        """Scalar names and values: ``<prefix>/<order>/k<k>`` (``/<mask>`` for
+        window and custom orders) and ``<prefix>/prefix_auc``."""
+        out = {f"{prefix}/{r.order}/" + (f"k{r.k}" if r.order in K_ORDERS else r.mask):
+               r.accuracy for r in self.rows}
+        auc = self.prefix_auc
+        if auc is not None:
+            out[f"{prefix}/prefix_auc"] = auc
+        return out
 
 
 @dataclass

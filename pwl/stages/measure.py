@@ -3,7 +3,7 @@
 ``evaluate_on_split`` builds (or takes) the data module, runs the split's batches
 through the shared-prefix evaluator on a device and returns the ``StageResult``;
 ``pwl.evaluate``, ``pwl.plan``, ``pwl.export`` and ``pwl.serve`` all measure
-stages through it.
+stages through it. ``write_evaluation`` records one evaluation with its costs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pwl.data.datamodule import ImageDataModule
 from pwl.data.registry import build_datamodule
 from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
-from pwl.stages.evaluator import StageResult, evaluate_stages
+from pwl.stages.costs import mask_costs
+from pwl.stages.evaluator import evaluate_stages
+from pwl.stages.files import StageResult, accuracy_by_mask, write_masks, write_stages
 
 SPLITS = ("test", "val")
 
@@ -92,3 +94,19 @@ def evaluate_on_split(hybrid: HybridNet, data: Mapping[str, Any] | ImageDataModu
             yield dm.preprocess(images.to(on), train=False), labels.to(on)
 
     return evaluate_stages(hybrid, batches(), orders, epoch=epoch, flip_pairs=flip_pairs)
+
+
+def write_evaluation(result: StageResult, hybrid: HybridNet, out_dir: str | Path,
+                     stem: str = "stages", meta: Mapping[str, Any] | None = None,
+                     bundle_block_bytes: Sequence[int] | None = None) -> dict[str, Path]:
+    """Writes ``<stem>.csv|json|png`` and ``masks<suffix>.csv`` (each mask's accuracy and
+    bytes, ``mask_costs``; ``<suffix>`` is what follows ``stages`` in ``stem``).
+
+    Returns:
+        The paths by kind: ``csv``, ``json``, ``png`` and ``masks``.
+    """
+    out_dir = Path(out_dir)
+    paths = write_stages([result], out_dir, stem=stem, meta=meta)
+    costs = mask_costs(hybrid, accuracy_by_mask(result.rows), bundle_block_bytes)
+    paths["masks"] = write_masks(costs, out_dir / f"masks{stem.removeprefix('stages')}.csv")
+    return paths

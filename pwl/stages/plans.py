@@ -29,26 +29,23 @@ import numpy as np
 
 from pwl.atomic import write_dataclass_csv
 from pwl.errors import CheckpointError, ConfigError
-from pwl.masks import blocks_of_masks, loading_masks, validate_mask
+from pwl.masks import PLAN, LoadingOrder, bytes_loaded, validate_mask
 
 MAX_PLAN_BLOCKS = 20
-PLAN_ORDER = "plan"
 
 
-def area(masks: Sequence[str], accuracy: Mapping[str, float], block_bytes: Sequence[int]
-         ) -> float:
+def area(order: object, accuracy: Mapping[str, float], block_bytes: Sequence[int]) -> float:
     """Area under accuracy vs bytes of a loading order (accuracy x bytes).
 
     Args:
-        masks: the order's masks, each adding one teacher block (all-student first,
-            added if left out); a partial order scores the steps it has.
+        order: a loadable order (``LoadingOrder.parse``: a name, block indices, masks);
+            a partial order scores the steps it has.
         accuracy: accuracy per mask; every mask but the last must be there.
         block_bytes: bytes of each teacher block, block 0 first.
     """
-    n = len(block_bytes)
-    masks = loading_masks(list(masks), n)
+    order = LoadingOrder.parse(order, len(block_bytes))
     total = 0.0
-    for prev, block in zip(masks, blocks_of_masks(masks, n)):
+    for prev, block in zip(order.masks, order.blocks):
         if prev not in accuracy:
             raise ConfigError(f"the accuracy table has no mask {prev!r}, which the order "
                               "passes through; evaluate it (pwl.evaluate orders=[all])")
@@ -57,7 +54,7 @@ def area(masks: Sequence[str], accuracy: Mapping[str, float], block_bytes: Seque
 
 
 def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
-               ) -> tuple[list[str], float]:
+               ) -> tuple[LoadingOrder, float]:
     """The loading order of largest ``area`` over the masks in ``accuracy``, exactly.
 
     best[S] is the largest area of any order that has loaded the set S of blocks:
@@ -70,11 +67,12 @@ def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
         block_bytes: bytes of each teacher block, block 0 first; N = its length <= 20.
 
     Returns:
-        (the order's masks from all-student to all-teacher, its area).
+        (the ``plan`` order, from all-student to all-teacher, its area).
     """
     n = len(block_bytes)
-    if not 2 <= n <= MAX_PLAN_BLOCKS:
-        raise ConfigError(f"a plan needs 2 <= N <= {MAX_PLAN_BLOCKS} blocks, got N={n}")
+    if n > MAX_PLAN_BLOCKS:
+        raise ConfigError(f"a plan is searched over 2^N block sets, for N <= {MAX_PLAN_BLOCKS}; "
+                          f"the model has N={n}")
     size = 1 << n
     # Bit i of a state is block i; mask string position i is block i.
     acc = np.full(size, np.nan)
@@ -114,7 +112,7 @@ def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
         b = int(last[state])
         blocks.append(b)
         state ^= 1 << b
-    return loading_masks(blocks[::-1], n), float(best[full])
+    return LoadingOrder(PLAN, LoadingOrder.parse(blocks[::-1], n).masks), float(best[full])
 
 
 @dataclass
@@ -139,20 +137,14 @@ class PlanRow:
 PLAN_COLUMNS = tuple(f.name for f in fields(PlanRow))
 
 
-def plan_rows(order: str, masks: Sequence[str], accuracy: Mapping[str, float],
+def plan_rows(order: LoadingOrder, accuracy: Mapping[str, float],
               block_bytes: Sequence[int]) -> list[PlanRow]:
     """The rows of one loading order (all-student first) for ``plan.csv``."""
-    n = len(block_bytes)
-    masks = loading_masks(list(masks), n)
-    blocks = [-1, *blocks_of_masks(masks, n)]
-    mean = area(masks, accuracy, block_bytes) / sum(block_bytes)
-    rows, loaded = [], 0
-    for step, (mask, block) in enumerate(zip(masks, blocks)):
-        added = block_bytes[block] if block >= 0 else 0
-        loaded += added
-        rows.append(PlanRow(order, step, mask, block, added, loaded,
-                            float(accuracy.get(mask, float("nan"))), mean))
-    return rows
+    mean = area(order, accuracy, block_bytes) / sum(block_bytes)
+    return [PlanRow(order.name, step, mask, block, block_bytes[block] if block >= 0 else 0,
+                    bytes_loaded(mask, block_bytes), float(accuracy.get(mask, float("nan"))),
+                    mean)
+            for step, (mask, block) in enumerate(zip(order.masks, [-1, *order.blocks]))]
 
 
 def write_plan(rows: Sequence[PlanRow], path: str | Path) -> Path:
@@ -160,8 +152,8 @@ def write_plan(rows: Sequence[PlanRow], path: str | Path) -> Path:
     return write_dataclass_csv(rows, PlanRow, path, PLAN_COLUMNS)
 
 
-def read_plan(path: str | Path, order: str = PLAN_ORDER) -> list[str]:
-    """The masks of ``order`` (the plan by default) in a ``plan.csv``, all-student first.
+def read_plan(path: str | Path, order: str = PLAN) -> LoadingOrder:
+    """The order named ``order`` (the plan by default) in a ``plan.csv``.
 
     Raises:
         CheckpointError: the file is missing, not a plan CSV or lacks the order (names it).
@@ -183,7 +175,8 @@ def read_plan(path: str | Path, order: str = PLAN_ORDER) -> list[str]:
     if not steps:
         raise CheckpointError(f"{path} has no rows of order {order!r}; re-create it with "
                               "pwl.plan")
-    return [mask for _, mask in steps]
+    return LoadingOrder(order, LoadingOrder.parse([mask for _, mask in steps],
+                                                  len(steps[0][1])).masks)
 
 
 def plot_plan(rows: Sequence[PlanRow], path: str | Path, title: str = "") -> Path:
@@ -201,7 +194,7 @@ def plot_plan(rows: Sequence[PlanRow], path: str | Path, title: str = "") -> Pat
         steps = [r for r in rows if r.order == order]
         mb = [r.bytes_loaded / 1e6 for r in steps]
         acc = [r.accuracy for r in steps]
-        is_plan = order == PLAN_ORDER
+        is_plan = order == PLAN
         ax.step(mb, acc, where="post", marker="o", markersize=3 if not is_plan else 5,
                 linewidth=2.5 if is_plan else 1, zorder=3 if is_plan else 2,
                 label=f"{order} (mean {steps[0].mean_accuracy:.4f}): "
