@@ -10,9 +10,9 @@ Steps (each skipped when its output exists, as in ``reproduce.py``):
    table, ``stages_all_val.csv`` with its bytes in ``masks.csv``), and the order of
    largest area under accuracy vs bytes next to prefix and suffix (``plan.csv``,
    ``plan.png``). The plan is chosen on validation only.
-2. ``pwl.export loading_order=<plan.csv> dtype=...``: one bundle per precision; below
-   fp32 every stage is re-measured on the test split with the stored weights.
-3. ``pwl.bench``: each precision loaded in the plan's, prefix and suffix order at the
+2. ``pwl.export loading_order=<plan.csv> dtype=...``: one bundle per precision, its
+   stages measured on the test split with the stored weights.
+3. ``experiments/curves.py``: each precision loaded in the plan's, prefix and suffix order at the
    bandwidth where the fp32 bundle takes ``--load-seconds`` to arrive, all in one run so
    the areas are comparable as ratios.
 
@@ -33,14 +33,14 @@ from pathlib import Path
 from reproduce import ROOT, portable, step
 
 from pwl.cli import human_bytes
-from pwl.runtime.manifest import read_manifest
+from pwl.runtime import read_manifest
+from pwl.stages.plans import read_plan_rows
 
 
 def bundle_bytes(bundle: Path) -> tuple[int, int]:
     """(student file bytes, teacher files bytes) of a bundle."""
-    files = read_manifest(bundle)["files"]
-    teacher = sum(e["bytes"] for rel, e in files.items() if rel.startswith("teacher/"))
-    return sum(e["bytes"] for e in files.values()) - teacher, teacher
+    manifest = read_manifest(bundle)
+    return manifest.side_bytes(), manifest.teacher_bytes()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -50,14 +50,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def plan_table(plan_csv: Path) -> list[str]:
     """Markdown: each order's blocks, its area under accuracy vs MB and the ratio to prefix."""
-    rows = read_csv(plan_csv)
-    orders = list(dict.fromkeys(r["order"] for r in rows))
-    total = max(int(r["bytes_loaded"]) for r in rows)
-    mean = {o: float(next(r for r in rows if r["order"] == o)["mean_accuracy"]) for o in orders}
+    rows = read_plan_rows(plan_csv)
+    orders = list(dict.fromkeys(r.order for r in rows))
+    total = max(r.bytes_loaded for r in rows)
+    mean = {o: next(r for r in rows if r.order == o).mean_accuracy for o in orders}
     lines = ["| order | blocks in loading order | area (accuracy x MB) | mean accuracy "
              "over the teacher's bytes | vs prefix |", "|---|---|---|---|---|"]
     for o in orders:
-        blocks = " ".join(r["block"] for r in rows if r["order"] == o and int(r["block"]) >= 0)
+        blocks = " ".join(str(r.block) for r in rows if r.order == o and r.block >= 0)
         ratio = f"{mean[o] / mean['prefix']:.4f}" if "prefix" in mean else "-"
         lines.append(f"| {o} | {blocks} | {mean[o] * total / 1e6:.4f} | {mean[o]:.4f} | "
                      f"{ratio} |")
@@ -68,13 +68,13 @@ def stages_table(bundles: dict[str, Path]) -> list[str]:
     """Markdown: bytes and per-stage accuracy (from each bundle's manifest) per precision."""
     manifests = {d: read_manifest(b) for d, b in bundles.items()}
     first = next(iter(manifests.values()))
-    masks = [r["mask"] for r in first["stages"]]
+    masks = [r.mask for r in first.stages]
     lines = ["| dtype | student file | teacher files | teacher vs fp32 | "
              + " | ".join(masks) + " |", "|---" * (4 + len(masks)) + "|"]
     fp32_teacher = bundle_bytes(bundles[next(iter(bundles))])[1]
     for dtype, manifest in manifests.items():
         student, teacher = bundle_bytes(bundles[dtype])
-        acc = {r["mask"]: r["accuracy"] for r in manifest["stages"]}
+        acc = manifest.stage_accuracies()
         lines.append(f"| {dtype} | {human_bytes(student)} | {human_bytes(teacher)} | "
                      f"{teacher / fp32_teacher:.3f} | "
                      + " | ".join(f"{100 * acc[m]:.2f}" if m in acc else "-" for m in masks)
@@ -120,11 +120,6 @@ def main() -> None:
     if not (run / "hybrid.safetensors").is_file():
         sys.exit(f"--run {run} has no hybrid.safetensors; run `python experiments/reproduce.py "
                  f"--experiment {exp}` first or pass --run <distill run dir>")
-    test_stages = run / "eval_test" / "stages.csv"
-    if not test_stages.is_file():
-        sys.exit(f"{test_stages} is missing; evaluate the run on the test split first "
-                 f"(python -m pwl.evaluate checkpoint={run} split=test "
-                 f"hydra.run.dir={run / 'eval_test'})")
     runs = (args.runs or ROOT / "runs" / "plans" / exp).resolve()
     results = (args.results or ROOT / "experiments" / "results" / f"{exp}_plans").resolve()
     results.mkdir(parents=True, exist_ok=True)
@@ -142,15 +137,14 @@ def main() -> None:
         bundles[dtype] = runs / f"bundle_{dtype}"
         step(f"export {dtype}", [*py, "pwl.export", f"checkpoint={run}", f"out={bundles[dtype]}",
                                  f"loading_order={results / 'plan.csv'}", f"dtype={dtype}",
-                                 f"stages={test_stages}"],
+                                 "stages_split=test"],
              bundles[dtype] / "manifest.json", log, args.force, earlier, ledger)
     reference = bundles[args.dtypes[0]]
     rate = round(sum(bundle_bytes(reference)) / args.load_seconds)
-    step("bench", [*py, "pwl.bench", f"bundle={reference}", "random_pair=false",
-                   f"bandwidths=[{rate}]", f"threads={args.threads}",
-                   "curves.orders=[plan,prefix,suffix]",
-                   f"curves.dtypes=[{','.join(args.dtypes)}]",
-                   f"hydra.run.dir={results / 'bench'}", "hydra.output_subdir=null"],
+    step("curves", [sys.executable, str(ROOT / "experiments" / "curves.py"),
+                    f"--bundle={reference}", f"--bandwidth={rate}", f"--threads={args.threads}",
+                    "--orders", "plan", "prefix", "suffix", "--dtypes", *args.dtypes,
+                    f"--out={results / 'bench'}"],
          results / "bench" / "curves.csv", log, args.force, earlier, ledger)
 
     summary = {"experiment": exp, "run": portable([str(run)]), "bandwidth_bytes_per_s": rate,
@@ -168,7 +162,7 @@ def main() -> None:
              f"## Accuracy over time at {human_bytes(rate)}/s (the fp32 bundle loads in about "
              f"{args.load_seconds:g} s)", "",
              *curves_table(results / "bench" / "curves.csv"), "",
-             f"Plots: `bench/curves_*.png`. {args.threads} torch threads per load, cold page "
+             f"Plot: `bench/curves.png`. {args.threads} torch threads per load, cold page "
              "cache, one process per load.", "",
              "## Commands", "", "| step | minutes | command |", "|---|---|---|"]
     for s in log:

@@ -40,6 +40,7 @@ from omegaconf import OmegaConf, open_dict
 
 from pwl.atomic import atomic_write_text
 from pwl.cli import CONF_DIR, user_errors_as_one_line
+from pwl.masks import masks_for_order
 from pwl.report import report
 from pwl.stages import read_stages
 
@@ -162,7 +163,7 @@ def checks(pwl: Mapping[tuple[str, str], float], kd: Mapping[tuple[str, str], fl
         bars: ``teacher_min``, ``gap_min``, ``student_vs_kd_max``, ``prefix_drop_max``
             (any subset), as fractions of 1.
     """
-    prefix = [pwl[("prefix", "T" * k + "S" * (n - k))] for k in range(n + 1)]
+    prefix = [pwl[("prefix", mask)] for mask in masks_for_order("prefix", n)]
     drops = [prefix[k] - prefix[k + 1] for k in range(n)]
     teacher, student = prefix[-1], prefix[0]
     out = []

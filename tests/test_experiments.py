@@ -19,14 +19,14 @@ FAST = ["debug=fast", "data=synthetic", "data.num_train=256", "data.num_test=64"
 
 
 # The paper's CIFAR pairs run at their full size on synthetic data of CIFAR's shape
-# (3x32x32, 10 and 100 classes), with their own augmentation and optimiser.
+# (3x32x32), with their own augmentation and optimiser; that they take CIFAR-100's
+# classes is a matter of their config, checked below without training.
 CIFAR_SHAPE = ["data.image_size=32", "data.in_chans=3"]
-RUNS = [(e, 10) for e in EXPERIMENTS] + [(e, 100) for e in EXPERIMENTS if e.startswith("cifar_")]
 
 
-@pytest.mark.parametrize("experiment,classes", RUNS)
-def test_experiment_runs_both_phases(experiment, classes, tmp_path):
-    fast = [*FAST, f"data.num_classes={classes}",
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_both_phases(experiment, tmp_path):
+    fast = [*FAST, "data.num_classes=10",
             *(CIFAR_SHAPE if experiment.startswith("cifar_") else [])]
     teacher = tmp_path / "teacher"
     train(compose_cfg("train", [f"experiment={experiment}", "phase=teacher", *fast,

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import TINY, export_tiny, run_module
+from tests.conftest import TINY, export_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 # A script, not a module of the package: loaded from its path.
@@ -63,7 +64,7 @@ def test_portable_command_drops_the_interpreter_and_the_clone_path():
 def test_reproduce_runs_every_step_then_resumes(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, "experiments/reproduce.py", "--runs", str(runs), "--results",
-           str(results), "--seeds", "0", "1", "--losses", "pwl", "kd", "--", *TINY,
+           str(results), "--seeds", "0", "--losses", "pwl", "kd", "--", *TINY,
            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
            "trainer.limit_test_batches=1"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -73,8 +74,7 @@ def test_reproduce_runs_every_step_then_resumes(tmp_path):
     names = [s["step"] for s in summary["steps"]]
     per_run = ["distill {}", "evaluate {} (val)", "evaluate {} (test)"]
     assert names == ["teacher",
-                     *[s.format(f"{loss} seed {seed}") for seed in (0, 1) for loss in ("pwl", "kd")
-                       for s in per_run],
+                     *[s.format(f"{loss} seed 0") for loss in ("pwl", "kd") for s in per_run],
                      "export", "report"]
     assert not any(s["skipped"] for s in summary["steps"])
     assert [c["check"] for c in summary["checks"]][0] == "teacher >= 92%"
@@ -101,7 +101,6 @@ def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_
     touch = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
     reproduce.step("teacher", touch, done, [], False, {}, ledger)
     recorded = json.loads(ledger.read_text())["teacher"]
-    assert recorded >= 0
 
     # The interrupted invocation wrote no reproduce.json: the next one reads the ledger.
     log: list[dict] = []
@@ -118,21 +117,22 @@ def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_
 def test_an_in_process_step_writes_what_its_command_line_writes(tmp_path):
     _, bundle = export_tiny(tmp_path / "bundle")
     overrides = [f"checkpoint={bundle}", "split=test", "orders=[prefix,suffix]"]
-    cli = run_module("pwl.evaluate", *overrides, f"hydra.run.dir={tmp_path / 'cli'}")
-    assert cli.returncode == 0, cli.stderr[-2000:]
-
     here, log = tmp_path / "here", []
     cmd = [sys.executable, "-m", "pwl.evaluate", *overrides, f"hydra.run.dir={here}"]
     reproduce.step("evaluate", cmd, here / "stages.csv", log, False, {}, tmp_path / "steps.json",
                    in_process=True)
     assert log[0]["command"] == reproduce.portable(cmd) and not log[0]["skipped"]
-    columns = ("order", "k", "mask", "accuracy", "bytes_loaded")
-    rows = [[(getattr(r, c) for c in columns) for r in reproduce.read_stages(d / "stages.csv")]
-            for d in (tmp_path / "cli", here)]
-    assert [list(r) for r in rows[0]] == [list(r) for r in rows[1]]
-    for name in ("config.yaml", "overrides.yaml"):  # what the report names runs by
-        assert (here / ".hydra" / name).read_text() == (tmp_path / "cli" / ".hydra" / name
-                                                        ).read_text()
+    rows = reproduce.read_stages(here / "stages.csv")
+    assert [(r.order, r.mask) for r in rows] == [
+        ("prefix", "SSSS"), ("prefix", "TSSS"), ("prefix", "TTSS"), ("prefix", "TTTS"),
+        ("prefix", "TTTT"), ("suffix", "SSSS"), ("suffix", "SSST"), ("suffix", "SSTT"),
+        ("suffix", "STTT"), ("suffix", "TTTT")]
+    # What Hydra writes into a run dir from the command line, and the report names runs by:
+    # the task's overrides, and the composed config with out unset.
+    assert yaml.safe_load((here / ".hydra" / "overrides.yaml").read_text()) == overrides
+    config = yaml.safe_load((here / ".hydra" / "config.yaml").read_text())
+    assert (config["checkpoint"], config["split"], config["orders"], config["out"]) == (
+        str(bundle), "test", ["prefix", "suffix"], None)
 
 
 def test_an_in_process_step_that_fails_says_why_in_one_line(tmp_path, capsys):

@@ -41,8 +41,8 @@ def test_multirun_sweep_and_report(tmp_path):
     with (out / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["run"] for r in rows} == set(columns)
-    assert (out / "accuracy_vs_k.png").stat().st_size > 0
-    assert (out / "accuracy_vs_mb.png").stat().st_size > 0
+    for plot in ("accuracy_vs_k.png", "accuracy_vs_mb.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_pareto_front():
@@ -94,4 +94,4 @@ def test_seeds_become_one_column_with_an_interval_and_a_paired_difference(tmp_pa
     assert abs(float(diffs["student"]["mean"]) - 0.02) < 1e-12
     assert abs(float(diffs["student"]["std"]) - 0.01) < 1e-12
     assert abs(float(diffs["teacher"]["mean"])) < 1e-12
-    assert (out / "accuracy_vs_k.png").stat().st_size > 0
+    assert (out / "accuracy_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,9 @@ accuracy never enters: once it holds, loading is over. ``best_order`` finds the
 order of largest area exactly by dynamic programming over sets of loaded blocks
 (O(2^N * N)); ``area`` scores any order.
 
-``plan.csv`` (one writer, one reader here) holds the plan next to the orders it
-is compared with, one row per (order, step)::
+``plan.csv`` (one writer and one reader here, ``write_plan`` and
+``read_plan_rows``) holds the plan next to the orders it is compared with, one
+row per (order, step)::
 
     order,step,mask,block,block_bytes,bytes_loaded,accuracy,mean_accuracy
 """
@@ -152,31 +153,41 @@ def write_plan(rows: Sequence[PlanRow], path: str | Path) -> Path:
     return write_dataclass_csv(rows, PlanRow, path, PLAN_COLUMNS)
 
 
-def read_plan(path: str | Path, order: str = PLAN) -> LoadingOrder:
-    """The order named ``order`` (the plan by default) in a ``plan.csv``.
+def read_plan_rows(path: str | Path) -> list[PlanRow]:
+    """The rows of a ``plan.csv`` with their types restored.
 
     Raises:
-        CheckpointError: the file is missing, not a plan CSV or lacks the order (names it).
+        CheckpointError: the file is missing or not a plan CSV (names it).
     """
     path = Path(path)
+    types = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in fields(PlanRow)}
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             if list(reader.fieldnames or []) != list(PLAN_COLUMNS):
                 raise CheckpointError(f"{path} is not a plan CSV (columns "
                                       f"{reader.fieldnames}); write it with pwl.plan")
-            steps = sorted((int(r["step"]), r["mask"]) for r in reader if r["order"] == order)
+            return [PlanRow(**{k: types[k](r[k]) for k in PLAN_COLUMNS}) for r in reader]
     except OSError as e:
         raise CheckpointError(f"cannot read the loading plan {path}: {e}; run pwl.plan "
                               "first") from None
     except ValueError as e:
         raise CheckpointError(f"{path} has a malformed row ({e}); re-create it with "
                               "pwl.plan") from None
+
+
+def read_plan(path: str | Path, order: str = PLAN) -> LoadingOrder:
+    """The order named ``order`` (the plan by default) in a ``plan.csv``.
+
+    Raises:
+        CheckpointError: the file is missing, not a plan CSV or lacks the order (names it).
+    """
+    steps = sorted((r.step, r.mask) for r in read_plan_rows(path) if r.order == order)
     if not steps:
         raise CheckpointError(f"{path} has no rows of order {order!r}; re-create it with "
                               "pwl.plan")
-    return LoadingOrder(order, LoadingOrder.parse([mask for _, mask in steps],
-                                                  len(steps[0][1])).masks)
+    masks = [mask for _, mask in steps]
+    return LoadingOrder(order, LoadingOrder.parse(masks, len(masks[0])).masks)
 
 
 def plot_plan(rows: Sequence[PlanRow], path: str | Path, title: str = "") -> Path:
