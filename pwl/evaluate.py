@@ -62,12 +62,9 @@ def bundle_block_bytes(checkpoint: Path) -> list[int] | None:
     return read_manifest(checkpoint).block_bytes() if is_bundle(checkpoint) else None
 
 
-def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
-    """Runs the evaluation that ``conf/evaluate.yaml`` describes and writes the files.
-
-    Writes ``<stem>.csv|json|png`` and ``masks<suffix>.csv`` (each mask's accuracy and
-    bytes; ``<suffix>`` is what follows ``stages`` in ``stem``) into the output dir.
-    """
+def evaluate(cfg: DictConfig) -> StageResult:
+    """Runs the evaluation that ``conf/evaluate.yaml`` describes and writes
+    ``stages.csv|json|png`` and ``masks.csv`` (each mask's bytes) into the output dir."""
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("checkpoint is not set; pass checkpoint=<distill run dir, .ckpt or "
                           "bundle dir>")
@@ -102,7 +99,8 @@ def evaluate(cfg: DictConfig, stem: str = "stages") -> StageResult:
                                progress=True)
 
     meta = {"split": split, "checkpoint": str(checkpoint), "model": model_cfg.get("name")}
-    paths = write_evaluation(result, hybrid, out_dir, stem, meta, bundle_block_bytes(checkpoint))
+    paths = write_evaluation(result, hybrid, out_dir, "stages", meta,
+                             bundle_block_bytes(checkpoint))
     print_result(result, paths, console)
     return result
 

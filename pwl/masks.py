@@ -216,11 +216,6 @@ class LoadingOrder:
         return cls(named, tuple(masks))
 
     @property
-    def loadable(self) -> bool:
-        """True if the order starts at the student and adds one teacher block per step."""
-        return _added_blocks(self.masks) is not None
-
-    @property
     def blocks(self) -> list[int]:
         """The teacher block each step adds, in loading order.
 

@@ -6,29 +6,23 @@ every entry point shares); ``pwl.stages.costs`` gives the bytes of a mask's part
 ``pwl.stages.files`` writes and reads the **contract** ``stages.csv``.
 """
 
-from pwl.stages.costs import mask_costs, mask_teacher_params, student_bytes, teacher_block_bytes
+from pwl.stages.costs import mask_costs, student_bytes, teacher_block_bytes
 from pwl.stages.evaluator import StageEvaluator, evaluate_stages
 from pwl.stages.files import (
     COLUMNS,
-    K_ORDERS,
     MaskBytes,
     StageResult,
     StageRow,
     accuracy_by_mask,
     last_epoch,
-    plot_stages,
-    prefix_auc,
     read_stages,
-    write_csv,
-    write_json,
     write_masks,
     write_stages,
 )
-from pwl.stages.measure import evaluate_on_split, resolve_device, write_evaluation
+from pwl.stages.measure import evaluate_on_split, write_evaluation
 
 __all__ = [
     "COLUMNS",
-    "K_ORDERS",
     "MaskBytes",
     "StageEvaluator",
     "StageResult",
@@ -38,16 +32,10 @@ __all__ = [
     "evaluate_stages",
     "last_epoch",
     "mask_costs",
-    "mask_teacher_params",
-    "plot_stages",
-    "prefix_auc",
     "read_stages",
-    "resolve_device",
     "student_bytes",
     "teacher_block_bytes",
-    "write_csv",
     "write_evaluation",
-    "write_json",
     "write_masks",
     "write_stages",
 ]
