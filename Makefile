@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install data test stress lint reproduce reproduce-seeds reproduce-all plans sweep-losses reproduce-cifar10 \
-        reproduce-cifar100 bench-train bench-load serve
+        reproduce-cifar100 bench-train bench-load serve docs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -48,6 +48,9 @@ test: install ## Run the test suite (CPU, a few minutes; TEST_WORKERS=2 processe
 stress: install ## Long runs of the bundle fuzzer and of predicting while a bundle loads (minutes)
 	PWL_FUZZ_EXAMPLES=$${PWL_FUZZ_EXAMPLES:-5000} PWL_STRESS_PREDICTIONS=$${PWL_STRESS_PREDICTIONS:-100000} \
 	  OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_security.py tests/test_stress.py $(PYTEST_ARGS)
+
+docs: $(STAMP) ## Build the user guide (docs/, mkdocs-material) into site/; works offline
+	$(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(STAMP) ## Check the code with ruff
 	$(PY) -m ruff check pwl tests experiments
