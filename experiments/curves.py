@@ -37,7 +37,7 @@ from pwl.errors import PWLError
 from pwl.export import measure_stage_records
 from pwl.masks import LoadingOrder
 from pwl.runtime import Manifest, load_bundle_hybrid, read_manifest, write_bundle
-from pwl.stages.curves import consecutive_pairs, load_curve, plot_load_curves
+from pwl.stages.curves import LoadCurve, consecutive_pairs, load_curve
 from pwl.stages.measure import evaluate_on_split
 
 COLUMNS = ("bandwidth", "dtype", "order", "teacher_bytes", "first_answer_s", "loaded_s",
@@ -54,6 +54,34 @@ class Variant:
     accuracy: dict[str, float]
     teacher_bytes: int
     flips: dict[tuple[str, str], float]
+
+
+def plot_load_curves(curves: Mapping[str, LoadCurve], path: str | Path, title: str = "",
+                     ) -> Path:
+    """Accuracy vs seconds since open, one step line per load; the fixed window dashed."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, no display
+
+    path = Path(path)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    end = max((max(c.loaded_s, c.window_s or 0.0) for c in curves.values()), default=1.0)
+    for name, curve in curves.items():
+        t = [0.0, *(s[0] for s in curve.stages), end]
+        acc = [0.0, *(s[2] for s in curve.stages), curve.stages[-1][2]]
+        label = f"{name} (mean {curve.mean_accuracy_load:.4f} over its load"
+        if curve.mean_accuracy_window is not None:
+            label += f", {curve.mean_accuracy_window:.4f} over the window"
+        ax.step(t, acc, where="post", label=label + ")")
+    windows = {c.window_s for c in curves.values() if c.window_s is not None}
+    for w in windows:
+        ax.axvline(w, color="gray", ls="--", lw=1)
+    ax.set_xlabel("seconds since open")
+    ax.set_ylabel("accuracy (manifest)")
+    ax.set_title(title or "accuracy while loading (dashed: the fp32 teacher's load time)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def orders_of(manifest: Manifest, names: Sequence[str]) -> dict[str, list[str]]:
