@@ -2,8 +2,8 @@
 
     python experiments/bench_train.py [--pairs default resnet vgg vit] [--modes random all_prefix]
                                       [--batch 128] [--rounds 5] [--steps 3] [--eval]
-                                      [--levers] [--switches channels_last+bf16]
-                                      [--reuse-cpu-memory]
+                                      [--levers | --levers-only]
+                                      [--switches channels_last+bf16]
                                       [--out experiments/results/bench_train]
 
 Training, per model pair and cross-path mode (``random``: one random mixed mask per
@@ -33,12 +33,10 @@ against one forward per mask from the input, with the blocks each runs.
 With ``--levers``, the speed switches of a run (``channels_last``, bf16 autocast as
 ``trainer.precision=bf16-mixed`` applies it, and both, which is what the defaults give on a
 CPU with AVX512-BF16) are timed on the teacher's cross-entropy step and on the
-distillation step of each pair and mode, as ratios to plain fp32 in the same rounds
-(``levers.csv|json``), on the first of ``--modes``. Each variant's first step is reported
-apart.
-
-With ``--reuse-cpu-memory`` the process keeps freed memory for reuse, as ``pwl.evaluate``
-does (``pwl.speed.reuse_cpu_memory``); training runs do not, and by default neither does this.
+distillation step of each pair, on the first of ``--modes``, one step of each variant per
+round. Each comparison of ``COMPARISONS`` (a switch against fp32, channels_last where bf16
+is on, pwl's mse against torch's) is the median of its per-round ratios with a 95%
+bootstrap interval (``levers.csv|json``).
 
 Variants alternate within rounds so machine noise hits all of them alike; times are
 medians. Inputs are random tensors of the data's shape, so data loading is not
@@ -51,6 +49,7 @@ import argparse
 import csv
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -161,23 +160,23 @@ class TrainRow:
 
 @dataclass
 class LeverRow:
-    """One (pair, mode, lever) of the levers benchmark: medians in ms per step, and ratios
-    to the plain fp32 variant timed in the same rounds (below 1: the lever is faster).
-
-    ``first_*_ms`` is the variant's first step (kernel selection and allocation included).
-    """
+    """One comparison of the levers benchmark on one pair and step (``teacher``: the
+    teacher's cross-entropy step; ``distill``: the distillation step): the medians in ms per
+    step of ``lever`` and of ``base``, and the median over rounds of the per-round ratio
+    lever / base with its 95% bootstrap interval (below 1: the lever is faster)."""
 
     pair: str
     mode: str
+    step: str
     lever: str
+    base: str
     batch: int
-    timed_steps: int
-    teacher_step_ms: float
-    distill_step_ms: float
-    teacher_vs_fp32: float
-    distill_vs_fp32: float
-    first_teacher_ms: float
-    first_distill_ms: float
+    rounds: int
+    lever_ms: float
+    base_ms: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
 
 
 @dataclass
@@ -221,18 +220,14 @@ def autocast(bf16: bool) -> torch.autocast:
 def distill_step(module: DistillModule, opt: torch.optim.Optimizer, x: torch.Tensor,
                  y: torch.Tensor, outputs: type[RecordedOutputs],
                  bf16: bool = False) -> tuple[float, list[str]]:
-    """One distillation step as ``DistillModule.training_step`` runs it, plus the optimizer.
+    """One ``DistillModule.distill_step`` (the step training runs) and the optimizer step.
 
     Returns:
         seconds, and the distinct mixed masks the loss asked for.
     """
     start = time.perf_counter()
     with autocast(bf16):
-        with torch.no_grad():
-            teacher_feats = module.hybrid.teacher.forward_intermediates(x)
-        student_feats = module.hybrid.student.forward_intermediates(x)
-        out = outputs(x, y, module.hybrid, teacher_feats, student_feats)
-        total, _ = module.loss(out)
+        total, _, out = module.distill_step((x, y), outputs)
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
@@ -437,7 +432,26 @@ LEVERS: dict[str, dict[str, bool]] = {
     "channels_last": {"channels_last": True},
     "bf16": {"bf16": True},
     "channels_last+bf16": {"channels_last": True, "bf16": True},
+    # the defaults with torch's F.mse_loss as the feature distance instead of pwl's own
+    "channels_last+bf16+torch_mse": {"channels_last": True, "bf16": True, "torch_mse": True},
 }
+# (lever, base) pairs the levers section compares: each switch against plain fp32,
+# channels_last where bf16 is on already (what it adds to the defaults), and pwl's mse
+# against torch's under the defaults.
+COMPARISONS = [("channels_last", "fp32"), ("bf16", "fp32"), ("channels_last+bf16", "fp32"),
+               ("channels_last+bf16", "bf16"),
+               ("channels_last+bf16", "channels_last+bf16+torch_mse")]
+
+
+def median_interval(ratios: Sequence[float], draws: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """The median of paired ratios and its 95% bootstrap interval (percentiles of the
+    medians of ``draws`` resamples)."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                     for _ in range(draws))
+    return (statistics.median(ratios), medians[int(0.025 * draws)],
+            medians[int(0.975 * draws) - 1])
 
 
 class LeverVariant:
@@ -449,6 +463,10 @@ class LeverVariant:
         switches = LEVERS[lever]
         self.bf16 = switches.get("bf16", False)
         self.distill, self.distill_opt = distill_module(cfg, lever, seed)
+        if switches.get("torch_mse", False):
+            for term in self.distill.loss.terms.values():
+                if getattr(term, "distance_name", None) == "mse":
+                    term.distance = F.mse_loss
         # The teacher phase trains a teacher of its own: a copy, so its steps leave the
         # distillation's frozen teacher alone.
         torch.manual_seed(seed)
@@ -472,32 +490,33 @@ class LeverVariant:
         return distill_step(self.distill, self.distill_opt, x, y, RecordedOutputs, self.bf16)[0]
 
 
-def bench_levers(pair: str, mode: str, batch: int, rounds: int, steps: int,
-                 levers: Sequence[str] = tuple(LEVERS), seed: int = 0) -> list[LeverRow]:
-    """Times the teacher step and the distillation step of ``pair`` with each lever,
-    alternating the variants within rounds; ratios are to ``fp32``."""
+def bench_levers(pair: str, mode: str, batch: int, rounds: int, seed: int = 0,
+                 comparisons: Sequence[tuple[str, str]] = tuple(COMPARISONS)) -> list[LeverRow]:
+    """Times the teacher step and the distillation step of ``pair`` with each lever the
+    comparisons name, one step of each variant per round, alternating; each comparison
+    is the median of its per-round ratios, with a 95% bootstrap interval."""
     cfg = compose_pair(pair, MODES[mode])
-    levers = ["fp32", *(lever for lever in levers if lever != "fp32")]
+    levers = list(dict.fromkeys(name for pair_ in comparisons for name in pair_))
     variants = {lever: LeverVariant(cfg, lever, seed) for lever in levers}
     x, y = random_batch(cfg, batch)
-    first = {lever: (v.teacher_step(x, y), v.distill_step(x, y))
-             for lever, v in variants.items()}
-    times = {lever: {"teacher": [], "distill": []} for lever in levers}
+    for variant in variants.values():  # warm-up: kernel selection and allocator growth
+        variant.teacher_step(x, y)
+        variant.distill_step(x, y)
+    times = {(lever, step): [] for lever in levers for step in ("teacher", "distill")}
     for r in range(rounds):
         for lever, variant in variants.items():
-            times[lever]["teacher"] += [variant.teacher_step(x, y) for _ in range(steps)]
-            for s in range(steps):
-                torch.manual_seed(step_seed(seed, r, s, steps))
-                times[lever]["distill"].append(variant.distill_step(x, y))
-    base = times["fp32"]
+            times[lever, "teacher"].append(variant.teacher_step(x, y))
+            torch.manual_seed(step_seed(seed, r, 0, 1))
+            times[lever, "distill"].append(variant.distill_step(x, y))
     rows = []
-    for lever in levers:
-        t, d = ms(times[lever]["teacher"]), ms(times[lever]["distill"])
-        rows.append(LeverRow(
-            pair=pair, mode=mode, lever=lever, batch=batch, timed_steps=rounds * steps,
-            teacher_step_ms=t, distill_step_ms=d, teacher_vs_fp32=t / ms(base["teacher"]),
-            distill_vs_fp32=d / ms(base["distill"]), first_teacher_ms=first[lever][0] * 1e3,
-            first_distill_ms=first[lever][1] * 1e3))
+    for step in ("teacher", "distill"):
+        for lever, base in comparisons:
+            ratios = [a / b for a, b in zip(times[lever, step], times[base, step], strict=True)]
+            ratio, low, high = median_interval(ratios, seed=seed)
+            rows.append(LeverRow(pair=pair, mode=mode, step=step, lever=lever, base=base,
+                                 batch=batch, rounds=rounds, lever_ms=ms(times[lever, step]),
+                                 base_ms=ms(times[base, step]), ratio=ratio, ratio_low=low,
+                                 ratio_high=high))
     return rows
 
 
@@ -575,13 +594,14 @@ def train_table(rows: Sequence[TrainRow]) -> Table:
 
 
 def lever_table(rows: Sequence[LeverRow]) -> Table:
-    table = Table(title="speed switches, ratio to fp32 in the same rounds (below 1: faster)")
-    for col in ("pair", "mode", "lever", "teacher step", "distill step", "first steps ms"):
-        table.add_column(col, justify="left" if col in ("pair", "mode", "lever") else "right")
+    table = Table(title="speed switches: lever / base in the same rounds, median and 95% "
+                        "interval (below 1: faster)")
+    for col in ("pair", "step", "lever", "base", "lever ms", "base ms", "ratio [95% CI]"):
+        table.add_column(col, justify="left" if col in ("pair", "step", "lever", "base")
+                         else "right")
     for r in rows:
-        table.add_row(r.pair, r.mode, r.lever, f"{r.teacher_vs_fp32:.2f}",
-                      f"{r.distill_vs_fp32:.2f}",
-                      f"{r.first_teacher_ms:.0f} / {r.first_distill_ms:.0f}")
+        table.add_row(r.pair, r.step, r.lever, r.base, f"{r.lever_ms:.1f}", f"{r.base_ms:.1f}",
+                      f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}]")
     return table
 
 
@@ -607,20 +627,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each variant "
                         "per round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reuse-cpu-memory", action="store_true",
-                        help="glibc keeps freed memory, as pwl.evaluate does "
-                        "(pwl.speed.reuse_cpu_memory); training runs do not")
-    parser.add_argument("--switches", choices=list(LEVERS), default="fp32",
+    parser.add_argument("--switches", choices=list(LEVERS)[:4], default="fp32",
                         help="speed switches of the training table's four variants "
                         "(channels_last+bf16 is what a run's defaults give on this CPU); "
                         "a table not in fp32 is written as train_<switches>.csv|json")
     section = parser.add_mutually_exclusive_group()
     section.add_argument("--eval", action="store_true", help="also time stage evaluation")
     section.add_argument("--eval-only", action="store_true", help="time stage evaluation only")
-    parser.add_argument("--levers", nargs="*", choices=list(LEVERS), default=None,
-                        help="also time the speed switches (no names: all of them)")
+    parser.add_argument("--levers", action="store_true", help="also time the speed switches")
     parser.add_argument("--levers-only", action="store_true", help="time the speed switches "
-                        "only (those of --levers, else all)")
+                        "only")
     parser.add_argument("--eval-pairs", nargs="+", choices=list(PAIRS),
                         default=["default", "resnet"])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -643,22 +659,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list]:
     """
     args = parse_args(argv)
     console = Console()
-    reused = args.reuse_cpu_memory and speed.reuse_cpu_memory()
-    meta = {"reuse_cpu_memory": reused, "batch": args.batch, "rounds": args.rounds, "steps": args.steps, "seed": args.seed,
+    meta = {"batch": args.batch, "rounds": args.rounds, "steps": args.steps, "seed": args.seed,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.machine(), "processor": platform.processor()}
+            "machine": platform.machine(), "processor": platform.processor(),
+            "native_bf16": speed.cpu_has_native_bf16()}
     console.print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
-                  f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-                  f"reuse_cpu_memory {reused}")
+                  f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     results: dict[str, list] = {"train": [], "eval": [], "levers": []}
     written: list[Path] = []
-    if args.levers_only and args.levers is None:
-        args.levers = []
-    if args.levers is not None and not args.eval_only:
+    if (args.levers or args.levers_only) and not args.eval_only:
         # One mode: the switches act on the same kernels in both, and loss=pwl trains random.
         for pair in args.pairs:
             results["levers"] += bench_levers(pair, args.modes[0], args.batch, args.rounds,
-                                              args.steps, args.levers or tuple(LEVERS),
                                               args.seed)
         console.print(lever_table(results["levers"]))
         written += write_rows(results["levers"], LeverRow, args.out / "levers", meta)

@@ -157,15 +157,31 @@ class DistillModule(_Optimized):
     def forward(self, x: torch.Tensor, mask: str | None = None) -> torch.Tensor:
         return self.hybrid(x, mask or "S" * self.hybrid.num_blocks)
 
-    def distill_outputs(self, x: torch.Tensor, y: torch.Tensor) -> DistillOutputs:
+    def distill_step(self, batch: tuple[torch.Tensor, torch.Tensor],
+                     outputs: type[DistillOutputs] = DistillOutputs,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], DistillOutputs]:
+        """The distillation loss of one batch: the teacher runs once (no grad, eval mode)
+        and the student once, and the loss terms read their block outputs.
+
+        Args:
+            batch: images (B, C, H, W) and labels (B,).
+            outputs: the class that holds the step's block outputs (a subclass may note or
+                recompute the mixed paths, as experiments/bench_train.py does).
+
+        Returns:
+            the weighted total (with grad), each active term's value (detached) and the
+            step's outputs.
+        """
+        x, y = batch
         with torch.no_grad():
             teacher_feats = self.hybrid.teacher.forward_intermediates(x)
         student_feats = self.hybrid.student.forward_intermediates(x)
-        return DistillOutputs(x, y, self.hybrid, teacher_feats, student_feats)
+        step = outputs(x, y, self.hybrid, teacher_feats, student_feats)
+        total, terms = self.loss(step)
+        return total, terms, step
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        total, terms = self.loss(self.distill_outputs(x, y))
+        total, terms, _ = self.distill_step(batch)
         if not torch.isfinite(total):
             # Stop before the optimizer step so the weights (and last.ckpt) stay usable.
             bad = [name for name, v in terms.items() if not torch.isfinite(v)]
