@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pwl import speed
 from pwl.checkpoint import load_hybrid, saved_data_cfg
 from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.errors import CheckpointError, ConfigError
@@ -77,8 +76,6 @@ def evaluate(cfg: DictConfig) -> StageResult:
     if not checkpoint.exists():
         raise CheckpointError(f"checkpoint={checkpoint} does not exist; pass a distill run "
                               "directory, a Lightning .ckpt or a bundle directory")
-    if cfg.get("reuse_cpu_memory", False):
-        speed.reuse_cpu_memory()
     hybrid, model_cfg = load_hybrid(checkpoint)
     orders = list(cfg.orders)
     parse_orders(orders, hybrid.num_blocks)  # fail on a bad order before loading the data

@@ -115,7 +115,6 @@ class Train(OpenSchema):
 class Evaluate(OpenSchema):
     batch_size: Count | None = None
     limit_batches: Count | None = None
-    reuse_cpu_memory: StrictBool = False
 
 
 class Serve(OpenSchema):

@@ -8,26 +8,11 @@ elsewhere, where bf16 would be emulated and slower. Weights, optimizer state, sa
 ``pwl.evaluate`` and bundles stay fp32 either way; validation and the stage curves logged
 while training run under the training autocast.
 
-``reuse_cpu_memory`` asks glibc's allocator to keep freed memory in the process instead of
-handing it back to the system after every large free. By default glibc returns the top of
-its heap once more than a few megabytes are free there and maps large blocks afresh, so
-each batch faults its feature maps in again. ``pwl.evaluate`` turns it on
-(``reuse_cpu_memory=true``): evaluating every mask of the default experiment's model took
-0.89-0.95x the wall time, with 0.22M instead of 1.05M page faults (four alternating
-pairs of runs). Training does not: a distillation epoch of the default experiment and of
-VGG faulted 1.2-2.5x less often but took as long (44.5 vs 43.1 s; 21.3 and 23.1 vs 20.4 and
-21.1 s), so it was left out. The process keeps its peak memory.
-
-``make bench-train`` measures each switch against plain fp32 (its ``--levers`` section);
-``experiments/results/bench_train/`` has the numbers, and those of ``torch.compile``, which
-was measured and did not pay.
+Both stay because they pay (DESIGN.md's rule for a speed mechanism); the measurements are
+in ``experiments/results/bench_load/README.md`` ("Verdicts: training side").
 """
 
 from __future__ import annotations
-
-import ctypes
-import ctypes.util
-import sys
 
 import torch
 from torch import nn
@@ -40,40 +25,6 @@ BF16 = "bf16-mixed"
 def use_channels_last(module: nn.Module) -> nn.Module:
     """Converts the 4-D parameters and buffers of ``module`` to NHWC in place."""
     return module.to(memory_format=torch.channels_last)
-
-
-# mallopt(3) parameters, from glibc's malloc.h.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-# The largest mmap threshold glibc accepts on 64-bit systems (blocks above it stay mapped
-# one by one), and a trim threshold that in practice never trims.
-_MMAP_THRESHOLD = 32 << 20
-_TRIM_THRESHOLD = 2**31 - 1
-
-
-def reuse_cpu_memory() -> bool:
-    """Keeps freed CPU memory in the process for the next allocation (glibc only).
-
-    Sets glibc's mmap threshold to its maximum (32 MiB) and its trim threshold to 2 GiB.
-    Freed blocks go back to the process heap instead of to the system, so later blocks
-    of the same size cost no page faults. Setting either parameter turns glibc's own
-    adjustment of them off, which is why both are set.
-
-    Returns:
-        True if the allocator took both settings; False elsewhere (macOS, Windows, musl),
-        where it changes nothing.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-                and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
 def cpu_has_native_bf16() -> bool:

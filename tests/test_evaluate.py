@@ -7,7 +7,6 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from pwl import speed
 from pwl.build import build_hybrid
 from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
 from pwl.data import SyntheticDataModule
@@ -74,17 +73,11 @@ def test_evaluate_uses_the_runs_data_and_writes_the_files(run_dir, tmp_path):
     assert (out / "stages.png").is_file()
 
 
-def test_data_overrides_replace_the_runs_data(run_dir, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(speed, "reuse_cpu_memory", lambda: calls.append(1) or True)
+def test_data_overrides_replace_the_runs_data(run_dir, tmp_path):
     result = run_evaluate([f"checkpoint={run_dir}", f"out={tmp_path / 'out'}", "data=synthetic",
                            "data.num_test=40", "batch_size=8", "limit_batches=2",
                            "orders=[TSTS]"])
     assert result.samples == 16 and [r.mask for r in result.rows] == ["TSTS"]
-    assert calls == [1]   # reuse_cpu_memory=true, the default
-    run_evaluate([f"checkpoint={run_dir}", f"out={tmp_path / 'out'}", "orders=[TSTS]",
-                  "limit_batches=1", "reuse_cpu_memory=false"])
-    assert calls == [1]
     with pytest.raises(ConfigError, match=r"shape \[3, 8, 8\] but the model expects"):
         run_evaluate([f"checkpoint={run_dir}", f"out={tmp_path / 'out'}", "data=synthetic",
                       "data.image_size=8"])
