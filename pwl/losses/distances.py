@@ -2,8 +2,7 @@
 
 Every distance takes two tensors of one shape, feature maps (B, C, H, W) or
 ViT tokens (B, L, D), and returns a scalar: zero when they are equal, positive
-when they differ, and the same with the two swapped (``FeatureSync`` relies on it
-at boundaries whose adapters are identities).
+when they differ, and the same with the two swapped.
 """
 
 from __future__ import annotations

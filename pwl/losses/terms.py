@@ -90,15 +90,9 @@ class FeatureSync(LossTerm):
         self.directions = directions
 
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
-        hybrid = outputs.hybrid
         losses = []
         for i in range(outputs.num_blocks - 1):
             s, t = outputs.student_feats[i], outputs.teacher_feats[i].detach()
-            if self.directions == "both" and hybrid.adapters.is_identity(i):
-                # Identities on both sides: d(s, to_S(t)) and d(t, to_T(s)) are d(s, t) twice
-                # (every distance is symmetric) with one gradient into s, so run it once.
-                losses.append(2 * self.distance(s, t))
-                continue
             loss = s.new_zeros(())
             if self.directions in ("both", "to_student"):
                 loss = loss + self.distance(s, outputs.teacher_to_student(i))
