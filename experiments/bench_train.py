@@ -19,7 +19,7 @@ variants on the same batch:
   from the cached feature, on the masks the step itself ran.
 
 Apart from the floor, the adapter conversions of the feature terms (sync and
-reconstruction: 5 per boundary whose adapters are learnable, none where both are
+reconstruction: 6 per boundary whose adapters are learnable, none where both are
 identities) are timed alone, forward and backward, so that ``step / (floor + adapters)``
 shows what is left for the loss maths and the optimizer on pairs with learnable adapters.
 
@@ -297,8 +297,8 @@ def adapter_conversions(hybrid: HybridNet, x: torch.Tensor, terms: Sequence[str]
     """Seconds of the adapter conversions the feature terms ``terms`` run, forward and
     backward, timed alone; and how many outputs they give.
 
-    Per boundary whose adapters are learnable: ``to_S(t_i)`` (shared by both terms),
-    ``to_T(s_i)`` for sync, and ``to_T(to_S(t_i))`` and ``to_S(to_T(sg(s_i)))`` for the
+    Per boundary whose adapters are learnable: ``to_S(t_i)`` and ``to_T(s_i)`` for sync,
+    and ``to_T(to_S(t_i))`` and ``to_S(to_T(sg(s_i)))`` for the
     reconstruction. Gradients of ones stand in for the distances' (made before the clock
     starts, like the feature they convert into), so the distances themselves stay out.
     Boundaries whose adapters are both identities convert nothing.
@@ -329,12 +329,11 @@ def _conversions(hybrid: HybridNet, i: int, t: torch.Tensor, s: torch.Tensor, sy
                  recon: bool) -> list[tuple[str, torch.Tensor]]:
     """The feature terms' conversions at boundary ``i`` (see ``adapter_conversions``), each
     with the space ('S'/'T') it lands in."""
-    t_in_s = hybrid.convert(i, t, "S")
-    outs = [("S", t_in_s)]
+    outs = []
     if sync:
-        outs.append(("T", hybrid.convert(i, s, "T")))
+        outs += [("S", hybrid.convert(i, t, "S")), ("T", hybrid.convert(i, s, "T"))]
     if recon:
-        outs.append(("T", hybrid.convert(i, t_in_s, "T")))
+        outs.append(("T", hybrid.convert(i, hybrid.convert(i, t, "S"), "T")))
         outs.append(("S", hybrid.convert(i, hybrid.convert(i, s.detach(), "T"), "S")))
     return outs
 

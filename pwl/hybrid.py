@@ -74,26 +74,20 @@ class HybridNet(nn.Module):
             x = self.convert(block - 1, x, who)
         return self.net(who).run_block(block, x)
 
-    def forward_from(self, boundary: int, feature: torch.Tensor, mask: str,
-                     feature_of: str | None = None) -> torch.Tensor:
+    def forward_from(self, boundary: int, feature: torch.Tensor, mask: str) -> torch.Tensor:
         """Continues a mask from a cached feature.
 
         Args:
             boundary: the block whose output ``feature`` is (-1: ``feature`` is the input).
-            feature: in the space of ``mask[boundary]``'s network, or of ``feature_of``'s.
+            feature: in the space of ``mask[boundary]``'s network.
             mask: the full mask; blocks ``boundary+1 ..`` are run.
-            feature_of: whose space ``feature`` is in ('S'/'T'), when it is not
-                ``mask[boundary]``'s: a feature already converted for block
-                ``boundary+1`` passes ``mask[boundary+1]`` and no adapter runs there.
 
         Returns:
             logits (B, num_classes).
         """
         validate_mask(mask, self.num_blocks)
-        if feature_of is not None and feature_of not in ("S", "T"):
-            raise ConfigError(f"feature_of={feature_of!r} must be 'S' or 'T'")
         x = feature
-        prev = feature_of or (mask[boundary] if boundary >= 0 else None)
+        prev = mask[boundary] if boundary >= 0 else None
         for i in range(boundary + 1, self.num_blocks):
             x = self.step(i, x, prev, mask[i])
             prev = mask[i]

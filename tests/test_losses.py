@@ -430,85 +430,18 @@ def test_cross_path_weighs_kl_and_ce_per_mask():
         CrossPath(ce_weight=-1)
 
 
-def twin_outputs(hybrid, shape):
-    """Two steps' outputs of one batch: one uses the memos, the other computes apart."""
-    outputs = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        outputs.append(step_outputs(hybrid, shape))
-    return outputs
-
-
-def counted_conversions(hybrid, monkeypatch):
-    """Patches ``hybrid.convert`` to note (boundary, to) of every call; returns the list
-    and the original method."""
-    calls, convert = [], hybrid.convert
-    monkeypatch.setattr(hybrid, "convert",
-                        lambda i, x, to: calls.append((i, to)) or convert(i, x, to))
-    return calls, convert
-
-
-def assert_same_loss_and_gradients(total, reference, params):
-    got = torch.autograd.grad(total, params, allow_unused=True)
-    want = torch.autograd.grad(reference, params, allow_unused=True)
-    torch.testing.assert_close(total, reference)
+@pytest.mark.parametrize("mask", ["SSTT", "TTSS", "STST", "TSTS"])
+def test_a_mixed_path_from_the_cache_has_the_loss_and_gradients_of_the_mask_run_whole(mask):
+    torch.manual_seed(0)
+    hybrid, shape = make_hybrid()
+    params = [*hybrid.student.parameters(), *hybrid.adapters.parameters()]
+    outputs = step_outputs(hybrid, shape)
+    cached = F.cross_entropy(outputs.mixed_logits(mask), outputs.labels)
+    whole = F.cross_entropy(hybrid(outputs.images, mask), outputs.labels)
+    torch.testing.assert_close(cached, whole)
+    got = torch.autograd.grad(cached, params, allow_unused=True)
+    want = torch.autograd.grad(whole, params, allow_unused=True)
     for a, b in zip(got, want, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
-
-
-def test_sync_and_recon_share_one_teacher_to_student_conversion_with_the_same_gradients(
-        monkeypatch):
-    torch.manual_seed(0)
-    hybrid, shape = make_hybrid()
-    terms = [FeatureSync(), FeatureRecon()]
-    params = [*hybrid.student.parameters(), *hybrid.adapters.parameters()]
-    shared, apart = twin_outputs(hybrid, shape)
-    calls, convert = counted_conversions(hybrid, monkeypatch)
-    total = sum(term(shared) for term in terms)
-    # Three boundaries: to_S(t_i) once for both terms, to_T(to_S(t_i)), to_T(s_i) for sync,
-    # and the student round trip's two: 5 conversions per boundary instead of 6.
-    assert len(calls) == 3 * 5 and calls.count((0, "S")) == 2
-
-    # The same terms with each asking for its own conversion, as before the memo.
-    apart.teacher_to_student = lambda i: convert(i, apart.teacher_feats[i].detach(), "S")
-    reference = sum(term(apart) for term in terms)
-    assert_same_loss_and_gradients(total, reference, params)
-
-
-@pytest.mark.parametrize("mask", ["SSTT", "TTSS", "STST", "TSTS"])
-def test_a_mixed_path_reuses_the_sync_terms_conversion_at_its_first_switch(mask, monkeypatch):
-    # The mixed path's first adapter converts a cached feature that the sync term converts
-    # too (to_T(s_i) from S, to_S(t_i) from T); the memo runs it once, with the same loss
-    # and gradients as the mask run from the input beside a sync term of its own.
-    torch.manual_seed(0)
-    hybrid, shape = make_hybrid()
-    params = [*hybrid.student.parameters(), *hybrid.adapters.parameters()]
-    switch = next(i for i, who in enumerate(mask) if who != mask[0])
-    shared, apart = twin_outputs(hybrid, shape)
-    calls, _ = counted_conversions(hybrid, monkeypatch)
-    total = FeatureSync()(shared) + F.cross_entropy(shared.mixed_logits(mask), shared.labels)
-    # Sync converts at every boundary both ways; the mixed path adds only its later switches.
-    later = sum(mask[b] != mask[b + 1] for b in range(switch, len(mask) - 1))
-    assert len(calls) == 2 * 3 + later
-    assert calls.count((switch - 1, mask[switch])) == 1
-    monkeypatch.undo()
-
-    reference = FeatureSync()(apart) + F.cross_entropy(hybrid(apart.images, mask), apart.labels)
-    assert_same_loss_and_gradients(total, reference, params)
-
-
-def test_forward_from_a_converted_feature_skips_the_adapter_there():
-    torch.manual_seed(0)
-    hybrid, shape = make_hybrid()
-    hybrid.eval()
-    images = torch.randn(4, *shape)
-    with torch.no_grad():
-        s0 = hybrid.student.forward_intermediates(images)[0]
-        whole = hybrid(images, "STTT")
-        crossed = hybrid.convert(0, s0, "T")
-        torch.testing.assert_close(hybrid.forward_from(0, crossed, "STTT", feature_of="T"), whole)
-        torch.testing.assert_close(hybrid.forward_from(0, s0, "STTT"), whole)
-    with pytest.raises(ConfigError, match="feature_of='X' must be 'S' or 'T'"):
-        hybrid.forward_from(0, s0, "STTT", feature_of="X")

@@ -90,14 +90,15 @@ class FeatureSync(LossTerm):
         self.directions = directions
 
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
+        hybrid = outputs.hybrid
         losses = []
         for i in range(outputs.num_blocks - 1):
             s, t = outputs.student_feats[i], outputs.teacher_feats[i].detach()
             loss = s.new_zeros(())
             if self.directions in ("both", "to_student"):
-                loss = loss + self.distance(s, outputs.teacher_to_student(i))
+                loss = loss + self.distance(s, hybrid.convert(i, t, "S"))
             if self.directions in ("both", "to_teacher"):
-                loss = loss + self.distance(t, outputs.student_to_teacher(i))
+                loss = loss + self.distance(t, hybrid.convert(i, s, "T"))
             losses.append(loss)
         return torch.stack(losses).mean()
 
@@ -145,7 +146,7 @@ class FeatureRecon(LossTerm):
             s = outputs.student_feats[i]
             if self.detach_student:
                 s = s.detach()
-            t_round_trip = hybrid.convert(i, outputs.teacher_to_student(i), "T")
+            t_round_trip = hybrid.convert(i, hybrid.convert(i, t, "S"), "T")
             s_round_trip = hybrid.convert(i, hybrid.convert(i, s, "T"), "S")
             losses.append(self.distance(t_round_trip, t) + self.distance(s_round_trip, s))
         if not losses:
