@@ -24,22 +24,15 @@ class _MeanSquaredError(torch.autograd.Function):
 
     Under autocast ``F.mse_loss`` copies both inputs to fp32, and its backward is slow on
     NHWC tensors. This one widens only the difference (exact for bf16 inputs), works in
-    place on it and saves the inputs, not the difference: each direction makes one fp32
-    buffer (in fp32, the difference itself) and writes the bf16 gradients from it once. On
-    a (128, 16, 28, 28) bf16 NHWC feature map, forward and backward took 4.3 ms with
-    ``F.mse_loss``, 2.4 ms with the first version of this function (which saved the fp32
-    difference) and 1.8 ms with this one, on 2 CPU cores; values and gradients are
-    ``F.mse_loss``'s bit for bit.
+    place on it and saves the inputs, not the difference; values and gradients are
+    ``F.mse_loss``'s bit for bit. It pays: the verdicts in
+    ``experiments/results/bench_load/README.md`` give its share of the distillation step.
     """
 
     @staticmethod
     def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a - b`` in at least fp32, in a new buffer: one pass where an input is already
-        that wide (the other is cast exactly on the fly), else ``a`` widened first."""
-        common = torch.promote_types(a.dtype, b.dtype)
-        wide = torch.promote_types(common, torch.float32)
-        if common == wide:
-            return a - b
+        """``a - b`` in at least fp32, in a new buffer."""
+        wide = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
         return a.to(wide, copy=True).sub_(b)
 
     @staticmethod
