@@ -61,12 +61,29 @@ def loss_cfg(name, *overrides):
 
 @pytest.mark.parametrize("shape", [(8, 4, 5, 5), (8, 9, 6)], ids=["maps", "tokens"])
 @pytest.mark.parametrize("name", DISTANCES.names())
-def test_distance_is_zero_for_identical_and_positive_for_different(name, shape):
-    distance = get_distance(name)
-    a, b = torch.randn(shape), torch.randn(shape)
-    assert distance(a, a.clone()).abs() < 1e-5
-    assert distance(a, b) > 1e-3
-    assert distance(a, b).shape == ()
+def test_distance_is_a_scalar_zero_for_identical_features(name, shape):
+    a = torch.randn(shape)
+    value = get_distance(name)(a, a.clone())
+    assert value.shape == () and value.abs() < 1e-5
+
+
+# Two samples of one channel at two positions (B=2, C=1, H=1, W=2):
+#   a = [1, 0] and [0, 2], b = [0, 1] and [0, 3]; differences (1, -1) and (0, -1).
+# mse 3/4, l1 3/4, smooth_l1 (each |d| <= 1: d^2 / 2) 3/8. Per sample the flattened
+# vectors are orthogonal, then parallel: cosine 1/2. Per position (one channel) only the
+# last one (2 vs 3) is parallel: cosine_per_position 3/4. Attention maps per sample:
+# [1, 0] vs [0, 1] (squared distance 2), [0, 1] vs [0, 1] (0): mean 1. Two centred
+# samples are always linearly related: cka 0.
+BY_HAND = {"mse": 3 / 4, "l1": 3 / 4, "smooth_l1": 3 / 8, "cosine": 1 / 2,
+           "mse_cosine": 3 / 4 + 1 / 2, "cosine_per_position": 3 / 4,
+           "mse_cosine_per_position": 3 / 4 + 3 / 4, "attention": 1.0, "cka": 0.0}
+
+
+@pytest.mark.parametrize("name", DISTANCES.names())
+def test_every_distance_by_hand(name):
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).view(2, 1, 1, 2)
+    b = torch.tensor([[0.0, 1.0], [0.0, 3.0]]).view(2, 1, 1, 2)
+    assert get_distance(name)(a, b).item() == pytest.approx(BY_HAND[name], abs=1e-6)
 
 
 @pytest.mark.parametrize("name", DISTANCES.names())

@@ -97,7 +97,7 @@ def test_fit_writes_the_prefix_curve_of_every_epoch(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "stages.json").read_text())
     assert [e["block_runs"] for e in doc["evaluations"]] == [14 * LIMIT] * 2
     assert [e["naive_block_runs"] for e in doc["evaluations"]] == [20 * LIMIT] * 2
-    assert (tmp_path / "stages.png").stat().st_size > 0
+    assert (tmp_path / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = t.callback_metrics
     assert metrics["stages/prefix/k4"].item() == pytest.approx(teacher)
