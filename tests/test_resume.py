@@ -132,7 +132,7 @@ def test_an_export_killed_at_any_moment_leaves_a_whole_bundle_or_none(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     if out.exists():
-        assert verify(out)["num_blocks"] == 2
+        assert verify(out).num_blocks == 2
     # Leftover staging folders are hidden siblings; the next export clears them.
     from tests.test_security import tiny_bundle
 
