@@ -4,7 +4,8 @@
 writer), ``materialise`` builds a model on the meta device and fills it from a
 bundle's files (and ``verify`` checks a whole bundle), ``ProgressiveModel``
 answers from the student at once and streams the teacher blocks in, and
-``storage`` reads files with checks and an optional bandwidth limit.
+``storage`` reads files with checks and an optional bandwidth limit, and
+``sources`` reads a bundle from a directory or a URL (with an optional cache).
 """
 
 from pwl.runtime.bundle import (
@@ -20,7 +21,9 @@ from pwl.runtime.bundle import (
 )
 from pwl.runtime.materialise import BundleError, load_bundle_hybrid, verify
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
+from pwl.runtime.sources import Cache, LocalSource, Source, URLSource, is_url, open_source
 
-__all__ = ["ADAPTERS_FILE", "MANIFEST", "STUDENT_FILE", "BundleError", "LoadEvent", "Manifest",
-           "ProgressiveModel", "StageRecord", "is_bundle", "load_bundle_hybrid", "read_manifest",
+__all__ = ["ADAPTERS_FILE", "MANIFEST", "STUDENT_FILE", "BundleError", "Cache", "LoadEvent",
+           "LocalSource", "Manifest", "ProgressiveModel", "Source", "StageRecord", "URLSource",
+           "is_bundle", "is_url", "load_bundle_hybrid", "open_source", "read_manifest",
            "teacher_block_file", "verify", "write_bundle"]

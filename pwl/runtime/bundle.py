@@ -52,7 +52,8 @@ from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, validate_mask
 from pwl.models.registry import MAX_BLOCKS, MAX_WIDTH
 from pwl.precision import DTYPES, check_dtype, quantise
-from pwl.runtime.storage import FileEntry, open_regular
+from pwl.runtime.sources import LocalSource, MissingFile, Source, is_url, open_source
+from pwl.runtime.storage import FileEntry
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -159,14 +160,15 @@ class Manifest(Schema):
 # --- reading -----------------------------------------------------------------------------
 
 
-def _read_json(bundle: Path) -> Any:
-    """The parsed manifest of ``bundle``, read through ``open_regular`` and capped in size."""
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; {bundle} is not a bundle (create one "
-                              "with `python -m pwl.export checkpoint=<run> out=<dir>`)")
-    with open_regular(path) as f:
-        text = f.read(MAX_MANIFEST_BYTES + 1)
+def _read_json(source: Source) -> Any:
+    """The parsed manifest of a bundle, read through its source and capped in size."""
+    path = source.where(MANIFEST)
+    try:
+        text = source.read_small(MANIFEST, MAX_MANIFEST_BYTES)
+    except MissingFile:
+        raise CheckpointError(f"{path} does not exist; {source.location} is not a bundle "
+                              "(create one with `python -m pwl.export checkpoint=<run> "
+                              "out=<dir>`)") from None
     if len(text) > MAX_MANIFEST_BYTES:
         raise CheckpointError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; a manifest "
                               f"is a few kilobytes, {FIX}")
@@ -189,18 +191,21 @@ def parse_manifest(data: Any, path: Path | str) -> tuple[Manifest | None, list[s
         return None, [f"{path}: {p}; {FIX}" for p in problems_of(e, "")]
 
 
-def name_problem(bundle: Path, rel: str) -> str | None:
+def name_problem(bundle: Path | Source, rel: str) -> str | None:
     """Why the manifest's file name ``rel`` may not be read, or None.
 
-    A name must be relative, normalised and inside the bundle, and name a regular
-    file that is not a symbolic link (nor reached through one); a missing file is
-    no problem here (the layout check reports it).
+    A name must be relative, normalised and inside the bundle; in a directory it must
+    name a regular file that is not a symbolic link (nor reached through one). A missing
+    file is no problem here (the layout check reports it).
     """
+    source = open_source(bundle)
     if (not rel or "\\" in rel or "\x00" in rel or rel.startswith("/")
             or posixpath.normpath(rel) != rel or rel.split("/")[0] == ".."):
-        return (f"{bundle / MANIFEST}: file name {rel[:80]!r} is not a normalised relative "
-                f"path inside the bundle; {FIX}")
-    path = os.fspath(bundle)
+        return (f"{source.where(MANIFEST)}: file name {rel[:80]!r} is not a normalised "
+                f"relative path inside the bundle; {FIX}")
+    if not isinstance(source, LocalSource):
+        return None  # a server's files are checked by size and hash as they arrive
+    path = os.fspath(source.root)
     for part in rel.split("/"):
         path = os.path.join(path, part)
         try:
@@ -217,16 +222,28 @@ def name_problem(bundle: Path, rel: str) -> str | None:
     return None
 
 
-def layout_problems(bundle: Path, manifest: Manifest) -> list[str]:
-    """Every problem of a valid manifest against the fixed layout and the files present."""
-    path = bundle / MANIFEST
+def layout_problems(bundle: Path | Source, manifest: Manifest) -> list[str]:
+    """Every problem of a valid manifest against the fixed layout, and in a directory
+    against the files present (a URL's files are checked as they arrive)."""
+    source = open_source(bundle)
+    path = source.where(MANIFEST)
     n = manifest.num_blocks
     files = manifest.files
-    problems = [p for rel in sorted(files) if (p := name_problem(bundle, rel))]
+    problems = [p for rel in sorted(files) if (p := name_problem(source, rel))]
     expected = set(SIDE_FILES) | set(manifest.teacher_files)
     problems += [f"{path} lists no {rel} (N={n}); {FIX}" for rel in sorted(expected - set(files))]
-    problems += [f"{bundle / rel} is listed in the manifest, which says N={n}; {FIX}"
+    problems += [f"{source.where(rel)} is listed in the manifest, which says N={n}; {FIX}"
                  for rel in sorted(set(files) - expected)]
+    if isinstance(source, LocalSource):
+        problems += _disk_problems(source.root, manifest, expected)
+    return problems + _manifest_problems(path, manifest)
+
+
+def _disk_problems(bundle: Path, manifest: Manifest, expected: set[str]) -> list[str]:
+    """Problems of a bundle directory's files against a valid manifest."""
+    n = manifest.num_blocks
+    files = manifest.files
+    problems = []
     teacher_dir = bundle / "teacher"
     on_disk = ({f"teacher/{name}" for name in os.listdir(teacher_dir)
                 if name.startswith("block_") and name.endswith(".safetensors")}
@@ -243,6 +260,14 @@ def layout_problems(bundle: Path, manifest: Manifest) -> list[str]:
         elif file.stat().st_size != files[rel].bytes:
             problems.append(f"{file} has {file.stat().st_size} bytes but the manifest says "
                             f"{files[rel].bytes}; the file is truncated or replaced, {FIX}")
+    return problems
+
+
+def _manifest_problems(path: str, manifest: Manifest) -> list[str]:
+    """Problems of a valid manifest on its own: dtypes, loading orders, shapes, stages."""
+    n = manifest.num_blocks
+    files = manifest.files
+    problems = []
     teacher_dtypes = {files[rel].dtype for rel in manifest.teacher_files if rel in files}
     if len(teacher_dtypes) > 1:
         problems.append(f"{path}: the teacher files have dtypes {sorted(teacher_dtypes)}; "
@@ -273,33 +298,38 @@ def layout_problems(bundle: Path, manifest: Manifest) -> list[str]:
     return problems
 
 
-def manifest_problems(bundle: Path) -> tuple[Manifest | None, list[str]]:
+def manifest_problems(bundle: str | Path | Source) -> tuple[Manifest | None, list[str]]:
     """The manifest of ``bundle`` and every problem of it (schema first, then layout)."""
-    manifest, problems = parse_manifest(_read_json(bundle), bundle / MANIFEST)
+    source = open_source(bundle)
+    manifest, problems = parse_manifest(_read_json(source), source.where(MANIFEST))
     if manifest is None:
         return None, problems
-    return manifest, layout_problems(bundle, manifest)
+    return manifest, layout_problems(source, manifest)
 
 
-def read_manifest(bundle_dir: str | Path) -> Manifest:
-    """The manifest of a bundle, validated and with its layout checked against the files.
+def read_manifest(bundle_dir: str | Path | Source) -> Manifest:
+    """The manifest of a bundle (a directory, a URL or a ``Source``), validated and with
+    its layout checked.
 
-    Checks the schema, that every listed file is a regular file inside the bundle with
-    the size the manifest gives, that the teacher files are exactly ``teacher/block_0 ..
-    block_{N-1}`` (in the manifest and on disk), and the loading order. Hashes and tensor
-    headers are checked when a file is read, and by ``verify``.
+    Checks the schema, that the teacher files are exactly ``teacher/block_0 ..
+    block_{N-1}``, and the loading order; in a directory also that every listed file is
+    a regular file inside the bundle with the size the manifest gives, and that no other
+    teacher file lies there. Hashes and tensor headers are checked when a file is read
+    (a URL's sizes too), and by ``verify``.
 
     Raises:
         CheckpointError: the first problem found, naming the file or key.
     """
-    manifest, problems = manifest_problems(Path(bundle_dir))
+    manifest, problems = manifest_problems(bundle_dir)
     if problems:
         raise CheckpointError(problems[0])
     return manifest
 
 
 def is_bundle(path: str | Path) -> bool:
-    """True if ``path`` is a directory holding a manifest."""
+    """True if ``path`` is a directory holding a manifest, or a URL (read as a bundle)."""
+    if is_url(path):
+        return True
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 

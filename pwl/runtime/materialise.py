@@ -38,9 +38,11 @@ from pwl.runtime.bundle import (
     read_manifest,
     teacher_block_file,
 )
+from pwl.runtime.sources import LocalSource, Source, open_source
 from pwl.runtime.storage import (
     MAX_HEADER,
     Pacer,
+    bytes_tensors,
     check_header,
     check_sha256,
     header_length,
@@ -188,24 +190,34 @@ def assign(parts: Sequence[tuple[nn.Module, str]], tensors: Mapping[str, torch.T
             module.get_submodule(owner).register_buffer(attr, part[name], persistent=False)
 
 
-def load_file(bundle: Path, manifest: Manifest, rel: str, parts: Sequence[tuple[nn.Module, str]],
-              pacer: Pacer | None = None, mmap: bool = False,
-              device: torch.device | str = "cpu") -> int:
-    """Reads bundle file ``rel`` (size, sha256 and header checked) into ``parts``; its bytes."""
+def load_file(bundle: str | Path | Source, manifest: Manifest, rel: str,
+              parts: Sequence[tuple[nn.Module, str]], pacer: Pacer | None = None,
+              mmap: bool = False, device: torch.device | str = "cpu") -> int:
+    """Reads bundle file ``rel`` (size, sha256 and header checked) into ``parts``; its bytes.
+
+    ``mmap`` maps a directory's file after hashing it; a URL's file is read into memory.
+    """
+    source = open_source(bundle)
     dtype = manifest.dtype(rel)
-    tensors = read_tensors(bundle / rel, manifest.entry(rel), pacer, mmap, device,
-                           expected_tensors(parts, dtype))
-    assign(parts, dequantise(tensors, dtype, bundle / rel), bundle / rel)
+    expected = expected_tensors(parts, dtype)
+    if mmap and isinstance(source, LocalSource):
+        tensors = read_tensors(source.path(rel), manifest.entry(rel), pacer, True, device,
+                               expected)
+    else:
+        data = source.read(rel, manifest.entry(rel), pacer)
+        tensors = bytes_tensors(source.where(rel), manifest.entry(rel), data, device, expected)
+    assign(parts, dequantise(tensors, dtype, source.where(rel)), source.where(rel))
     return manifest.files[rel].bytes
 
 
-def load_bundle_hybrid(bundle_dir: str | Path) -> tuple[HybridNet, dict[str, Any]]:
-    """The whole hybrid of a bundle (every file read and checked) in eval mode, and its config."""
-    bundle = Path(bundle_dir)
-    manifest = read_manifest(bundle)
-    hybrid = build_empty(manifest, bundle / MANIFEST)
+def load_bundle_hybrid(bundle_dir: str | Path | Source) -> tuple[HybridNet, dict[str, Any]]:
+    """The whole hybrid of a bundle (a directory or a URL; every file read and checked) in
+    eval mode, and its config."""
+    source = open_source(bundle_dir)
+    manifest = read_manifest(source)
+    hybrid = build_empty(manifest, source.where(MANIFEST))
     for rel in (*SIDE_FILES, *manifest.teacher_files):
-        load_file(bundle, manifest, rel, file_parts(hybrid, rel))
+        load_file(source, manifest, rel, file_parts(hybrid, rel))
     return hybrid.eval(), manifest.model
 
 
@@ -224,34 +236,39 @@ def stored_hybrid(hybrid: HybridNet, blocks: Sequence[Mapping[str, torch.Tensor]
 class BundleError(CheckpointError):
     """A bundle failed ``verify``; ``problems`` lists every problem found, one line each."""
 
-    def __init__(self, bundle: Path, problems: list[str]) -> None:
+    def __init__(self, bundle: str | Path, problems: list[str]) -> None:
         self.problems = problems
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         super().__init__(f"{bundle} fails verification with {count}; first: {problems[0]}\n"
                          + "\n".join(f"  - {p}" for p in problems))
 
 
-def _file_problems(bundle: Path, manifest: Manifest, rel: str, expected: Expected | None
+def _file_problems(source: Source, manifest: Manifest, rel: str, expected: Expected | None
                    ) -> list[str]:
     """Problems of one file: its sha256, its safetensors header, its tensors vs the model."""
-    path = bundle / rel
+    where = source.where(rel)
     entry = manifest.entry(rel)
     try:
-        _, sha = read_file(path, keep=False, limit=entry.bytes, regular_only=True)
-        check_sha256(path, entry, sha)
-        with open_regular(path) as f:
-            prefix = f.read(8)
-            head = prefix + f.read(min(header_length(prefix, entry.bytes, path), MAX_HEADER))
-        header = parse_header(head, entry.bytes, path)
+        if isinstance(source, LocalSource):  # streamed for the hash, then the header read
+            path = source.path(rel)
+            _, sha = read_file(path, keep=False, limit=entry.bytes, regular_only=True)
+            check_sha256(path, entry, sha)
+            with open_regular(path) as f:
+                prefix = f.read(8)
+                head = prefix + f.read(min(header_length(prefix, entry.bytes, path),
+                                           MAX_HEADER))
+        else:
+            head = source.read(rel, entry)
+        header = parse_header(head, entry.bytes, where)
         if expected is not None:
-            check_header(header, expected, path)
+            check_header(header, expected, where)
     except CheckpointError as e:
         return [str(e)]
     return []
 
 
-def verify(bundle_dir: str | Path) -> Manifest:
-    """Checks a whole bundle and returns its manifest.
+def verify(bundle_dir: str | Path | Source) -> Manifest:
+    """Checks a whole bundle (a directory or a URL) and returns its manifest.
 
     Checks the manifest (schema, names, layout, sizes, loading order), its model config
     against the registered builders, and every file: sha256, safetensors header, and
@@ -260,21 +277,22 @@ def verify(bundle_dir: str | Path) -> Manifest:
     Raises:
         BundleError: listing every problem found (one per line, the first line a summary).
     """
-    bundle = Path(bundle_dir)
-    manifest, problems = manifest_problems(bundle)
+    source = open_source(bundle_dir)
+    manifest, problems = manifest_problems(source)
     if manifest is None:
-        raise BundleError(bundle, problems)  # the files cannot be checked against it
+        raise BundleError(source.location, problems)  # the files cannot be checked against it
     hybrid = None
     try:
-        hybrid = build_empty(manifest, bundle / MANIFEST)
+        hybrid = build_empty(manifest, source.where(MANIFEST))
     except PWLError as e:
         problems.append(str(e))
     for rel in sorted(manifest.files):
-        if name_problem(bundle, rel) or not (bundle / rel).is_file():
+        if name_problem(source, rel) or (isinstance(source, LocalSource)
+                                         and not source.path(rel).is_file()):
             continue  # reported by the layout check
         expected = (expected_tensors(file_parts(hybrid, rel), manifest.dtype(rel))
                     if hybrid is not None else None)
-        problems += _file_problems(bundle, manifest, rel, expected)
+        problems += _file_problems(source, manifest, rel, expected)
     if problems:
-        raise BundleError(bundle, problems)
+        raise BundleError(source.location, problems)
     return manifest

@@ -1,6 +1,7 @@
 """ProgressiveModel: answers from the student at once, better as teacher blocks arrive.
 
-``open`` reads the manifest and the student file only, and builds the student
+``open`` reads the manifest and the student file only (from a directory or a
+URL, ``pwl.runtime.sources``), and builds the student
 alone: the first answer costs what the student alone costs. ``start_loading``
 builds the teacher on the meta device (its weights take no memory until their
 block is loaded) and, in a background thread, reads the adapters' file and then
@@ -36,6 +37,13 @@ from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, parts_needed, teacher_blocks
 from pwl.runtime.bundle import ADAPTERS_FILE, FIX, MANIFEST, STUDENT_FILE, Manifest, read_manifest
 from pwl.runtime.materialise import build_empty, build_on_meta, file_parts, load_file
+from pwl.runtime.sources import (
+    DEFAULT_DEADLINE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    Source,
+    open_source,
+)
 from pwl.runtime.storage import LoadingStopped, Pacer
 
 
@@ -81,10 +89,11 @@ class ProgressiveModel:
     Create it with ``ProgressiveModel.open(bundle)``.
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, student: BlockNet,
+    def __init__(self, source: Source, manifest: Manifest, student: BlockNet,
                  device: torch.device, bandwidth: float | None, mmap: bool,
                  started: float) -> None:
-        self.bundle = bundle
+        self.source = source
+        self.bundle = source.location
         self.manifest = manifest
         self.device = device
         self.bandwidth = bandwidth
@@ -107,34 +116,48 @@ class ProgressiveModel:
         self._freed_adapters: set[tuple[str, int]] = set()
 
     @classmethod
-    def open(cls, bundle: str | Path, *, bandwidth: float | str | None = None,
-             mmap: bool = False, device: str | torch.device = "cpu") -> ProgressiveModel:
+    def open(cls, bundle: str | Path | Source, *, bandwidth: float | str | None = None,
+             mmap: bool = False, device: str | torch.device = "cpu",
+             cache_dir: str | Path | bool | None = None, timeout: float = DEFAULT_TIMEOUT,
+             deadline: float | None = DEFAULT_DEADLINE, retries: int = DEFAULT_RETRIES,
+             ca_bundle: str | Path | None = None) -> ProgressiveModel:
         """Opens a bundle: reads the manifest and the student file, and builds the student.
 
         Args:
-            bundle: the bundle directory.
-            bandwidth: bytes per second to hold every read to (number or "50MB"); None: no limit.
-            mmap: read tensors through a memory map instead of reading files into memory.
+            bundle: the bundle directory, or its URL (``https://host/path/bundle/``, or any
+                fsspec URL whose filesystem is installed, e.g. ``s3://``).
+            bandwidth: bytes per second to hold every read to (number or "50MB"); None: no
+                limit. Over a URL it comes on top of the link's own rate.
+            mmap: read a directory's tensors through a memory map instead of into memory.
             device: where the model runs.
+            cache_dir: URLs only. None (the default) or False: no cache, nothing is
+                written; True: ``pwl/bundles`` under the user's cache directory
+                (platformdirs); a path: that directory. Verified files are kept there by
+                sha256, and a later open fetches only what the cache lacks.
+            timeout: URLs: seconds to connect and between two reads of one response.
+            deadline: URLs: seconds from now for the whole load; None: none.
+            retries: URLs: further requests for one file after transient failures.
+            ca_bundle: https: a PEM file of the certificate authorities to verify against.
 
         Raises:
-            CheckpointError: naming the file, if the manifest does not match the files
-                (a missing file, a wrong size, the student's sha256, N).
+            CheckpointError: naming the file or URL, if the manifest does not match the files
+                (a missing file, a wrong size, the student's sha256, N) or a download fails.
         """
         started = time.perf_counter()
-        bundle = Path(bundle)
         device = torch.device(device)
         rate = parse_bandwidth(bandwidth)
-        manifest = read_manifest(bundle)
-        source = bundle / MANIFEST
-        check_saved_model_cfg(manifest.model, source)
-        student = build_on_meta(manifest.model["student"], "student", source)
+        source = open_source(bundle, cache_dir=cache_dir, timeout=timeout, deadline=deadline,
+                             retries=retries, ca_bundle=ca_bundle)
+        manifest = read_manifest(source)
+        where = source.where(MANIFEST)
+        check_saved_model_cfg(manifest.model, where)
+        student = build_on_meta(manifest.model["student"], "student", where)
         if student.num_blocks != manifest.num_blocks:
-            raise CheckpointError(f"{source} says N={manifest.num_blocks} but its model config "
+            raise CheckpointError(f"{where} says N={manifest.num_blocks} but its model config "
                                   f"builds a student of N={student.num_blocks} blocks; {FIX}")
-        size = load_file(bundle, manifest, STUDENT_FILE, file_parts(student, STUDENT_FILE),
+        size = load_file(source, manifest, STUDENT_FILE, file_parts(student, STUDENT_FILE),
                          Pacer(rate), mmap, device)
-        model = cls(bundle, manifest, student.eval(), device, rate, mmap, started)
+        model = cls(source, manifest, student.eval(), device, rate, mmap, started)
         model._record(LoadEvent(0, model.mask, None, model.elapsed(), size, model.elapsed()))
         return model
 
@@ -148,7 +171,7 @@ class ProgressiveModel:
         are on meta. Built on first use: the first answer needs the student only."""
         with self._build_lock:
             if self._hybrid is None:
-                self._hybrid = build_empty(self.manifest, self.bundle / MANIFEST,
+                self._hybrid = build_empty(self.manifest, self.source.where(MANIFEST),
                                            self._student).eval()
             return self._hybrid
 
@@ -286,7 +309,7 @@ class ProgressiveModel:
                     self._fail(e, block)
                     return
                 except Exception as e:  # any other failure still must not kill the model
-                    self._fail(CheckpointError(f"loading {self.bundle / rel} failed: "
+                    self._fail(CheckpointError(f"loading {self.source.where(rel)} failed: "
                                                f"{type(e).__name__}: {e}"), block)
                     return
                 self._swap(mask, masks[step:])
@@ -296,7 +319,7 @@ class ProgressiveModel:
             self._done.set()
 
     def _load_file(self, rel: str, pacer: Pacer) -> int:
-        return load_file(self.bundle, self.manifest, rel, file_parts(self._hybrid, rel), pacer,
+        return load_file(self.source, self.manifest, rel, file_parts(self._hybrid, rel), pacer,
                          self.mmap, self.device)
 
     def _fail(self, error: PWLError, block: int) -> None:

@@ -201,7 +201,16 @@ def read_tensors(path: Path, entry: FileEntry, pacer: Pacer | None = None, mmap:
     return _tensors(path, entry, data, mmap, device, expected)
 
 
-def _tensors(path: Path, entry: FileEntry, data: bytes | None, mmap: bool,
+def bytes_tensors(where: Path | str, entry: FileEntry, data: bytes,
+                  device: torch.device | str = "cpu",
+                  expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """The tensors of a file's bytes (already checked against ``entry``), header checked
+    first; ``where`` names the file in errors."""
+    return _tensors(where, entry, data, False, device, expected)
+
+
+def _tensors(path: Path | str, entry: FileEntry, data: bytes | None, mmap: bool,
              device: torch.device | str,
              expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None
              ) -> dict[str, torch.Tensor]:
