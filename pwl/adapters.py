@@ -108,7 +108,8 @@ def probe_shapes(net: BlockNet, input_shape: Sequence[int]) -> list[tuple[int, .
     net.eval()
     try:
         param = next(net.parameters())
-        x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
+        x = torch.zeros(1, *input_shape, device=param.device,
+                        dtype=net.input_dtype or param.dtype)
         feats = net.forward_intermediates(x)[:-1]
     finally:
         net.train(was_training)

@@ -12,26 +12,40 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+# What a network's logits predict; the task decides the stage metric (pwl.stages.metrics).
+TASKS = ("classification", "language_model")
+
 
 class BlockNet(nn.Module):
     """A stem, N blocks and a head.
 
     Args:
-        stem: input images (B, C, H, W) -> first block's input.
+        stem: the input -> first block's input; images (B, C, H, W) for a classifier,
+            tokens (B, L) int64 for a language model.
         blocks: the N swap units, in order.
-        head: last block's output -> logits (B, num_classes).
-        num_classes: size of the logits.
+        head: last block's output -> logits: (B, num_classes) for a classifier,
+            (B, L, num_classes) (the next token at every position) for a language model.
+        num_classes: size of the logits (classes, or the vocabulary).
+        task: ``classification`` or ``language_model``.
     """
 
     def __init__(self, stem: nn.Module, blocks: Sequence[nn.Module], head: nn.Module,
-                 num_classes: int) -> None:
+                 num_classes: int, task: str = "classification") -> None:
         super().__init__()
         if len(blocks) < 2:
             raise ValueError(f"a BlockNet needs at least 2 blocks, got {len(blocks)}")
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is unknown; use one of {list(TASKS)}")
+        self.task = task
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
         self.head = head
         self.num_classes = num_classes
+
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        """The dtype of the input: int64 tokens for a language model, else None (float)."""
+        return torch.int64 if self.task == "language_model" else None
 
     @property
     def num_blocks(self) -> int:

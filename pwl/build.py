@@ -2,7 +2,8 @@
 
 A model config (``conf/model/*.yaml``) holds ``teacher`` and ``student`` (each
 a ``_target_`` builder), ``adapter`` (the adapter kind) and ``input_shape``
-([C, H, W]). It is saved with every run so the models can be rebuilt later.
+([C, H, W], or [L] for a language model). It is saved with every run so the models
+can be rebuilt later.
 
 The user's own config keeps Hydra's full ``_target_`` power (``build_net``,
 ``build_hybrid``). A config that arrived with a file (a bundle, a run directory,
@@ -28,6 +29,7 @@ from pwl.config import Schema, check, instantiate_as
 from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 from pwl.models import build_saved_net, check_saved_net
+from pwl.models.gpt import MAX_CONTEXT
 from pwl.models.registry import MAX_IMAGE, MAX_WIDTH
 
 REQUIRED = ("teacher", "student", "input_shape")
@@ -38,7 +40,7 @@ class SavedModelCfg(Schema):
 
     name: str | None = Field(None, max_length=200)
     adapter: str = "linear"
-    input_shape: list[int] = Field(min_length=3, max_length=3)
+    input_shape: list[int] = Field(min_length=1, max_length=3)
     teacher: dict[str, Any]
     student: dict[str, Any]
 
@@ -52,10 +54,16 @@ class SavedModelCfg(Schema):
     @field_validator("input_shape")
     @classmethod
     def _sane_shape(cls, shape: list[int]) -> list[int]:
-        # The adapters are sized by running both nets on one image of this shape.
-        if not (1 <= shape[0] <= MAX_WIDTH and all(1 <= s <= MAX_IMAGE for s in shape[1:])):
+        # The adapters are sized by running both nets on one input of this shape.
+        if len(shape) == 1:
+            if not 1 <= shape[0] <= MAX_CONTEXT:
+                raise ValueError(f"must be [L] (a language model's context) with "
+                                 f"1 <= L <= {MAX_CONTEXT}")
+            return shape
+        if len(shape) != 3 or not (1 <= shape[0] <= MAX_WIDTH
+                                   and all(1 <= s <= MAX_IMAGE for s in shape[1:])):
             raise ValueError(f"must be [C, H, W] with 1 <= C <= {MAX_WIDTH} and "
-                             f"1 <= H, W <= {MAX_IMAGE}")
+                             f"1 <= H, W <= {MAX_IMAGE}, or [L] for a language model")
         return shape
 
 

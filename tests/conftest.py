@@ -14,9 +14,10 @@ from pwl.build import build_hybrid
 from pwl.runtime import StageRecord, write_bundle
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-# The model pairs; _base.yaml holds their shared keys and is not a pair.
+# The image model pairs; _base.yaml holds their shared keys and is not a pair. The language
+# model pairs (gpt_*) take text and are tested in tests/test_lm.py.
 MODEL_CONFIGS = sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")
-                       if not p.stem.startswith("_"))
+                       if not p.stem.startswith(("_", "gpt_")))
 
 
 @functools.cache

@@ -47,10 +47,10 @@ def test_unknown_names_and_bad_arguments_are_one_line_naming_the_key():
 
 def test_the_families_register_themselves_under_their_config_names():
     # (tests may register builders of their own beside these)
-    assert {"resnet", "timm_split", "vgg", "vit"} <= set(MODELS.names())
+    assert {"gpt", "resnet", "timm_split", "vgg", "vit"} <= set(MODELS.names())
     assert MODELS.get("pwl.models.resnet", "model.teacher._target_").obj is resnet
     # conf/data/<name>.yaml names each data module as pwl.data.<Class>
-    assert DATA_MODULES.names() == ["cifar10", "cifar100", "fashion_mnist", "synthetic"]
+    assert DATA_MODULES.names() == ["cifar10", "cifar100", "fashion_mnist", "kjv", "synthetic"]
     assert DATA_MODULES.get("pwl.data.SyntheticDataModule", "data").obj is SyntheticDataModule
     assert LOSSES.names() == ["ce", "cross_path", "feature_recon", "feature_sync", "kd"]
     assert LOSSES.get("cross_path", "loss.terms.x.plugin").obj is CrossPath

@@ -31,10 +31,34 @@ Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 Images = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
 PathStr = Annotated[str, Field(max_length=4096)]
 
-DATA_MODULES: Registry[type[ImageDataModule]] = Registry(
+DATA_MODULES: Registry[type[DataModule]] = Registry(
     "data module", package="pwl.data",
     fix="a stored data config may only name a registered data module; pass data=<name> instead")
 register_data = DATA_MODULES.register
+
+
+class DataModule(L.LightningDataModule):
+    """What every pwl data module gives: batches of (inputs, targets) from raw loader
+    batches (``preprocess``) and the shape of one input without the batch dim.
+
+    Image modules give images (B, C, H, W) and labels (B,); text modules give tokens
+    (B, L) and the next tokens (B, L).
+    """
+
+    name = "data"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def preprocess(self, inputs: torch.Tensor, train: bool) -> torch.Tensor:
+        """A raw batch's inputs, on any device -> what the model takes."""
+        raise NotImplementedError
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        inputs, targets = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(inputs, train=training), targets
 
 
 class ImageDataArgs(Schema):
@@ -85,7 +109,7 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(DataModule):
     """Base class: subclasses implement ``load()`` returning uint8 train and test splits.
 
     Args:
@@ -199,8 +223,3 @@ class ImageDataModule(L.LightningDataModule):
                               align_corners=False)
         mean, std = self._mean.to(x.device), self._std.to(x.device)
         return (x - mean) / std
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels = batch
-        training = self.trainer is not None and self.trainer.training
-        return self.preprocess(images, train=training), labels

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from pwl.config import instantiate_as
-from pwl.data.datamodule import DATA_MODULES, ImageDataModule
+from pwl.data.datamodule import DATA_MODULES, DataModule
 from pwl.errors import CheckpointError, ConfigError
 
 
-def build_saved_datamodule(cfg: Any, source: str | Path) -> ImageDataModule:
+def build_saved_datamodule(cfg: Any, source: str | Path) -> DataModule:
     """Builds a stored data config read from ``source`` (not set up).
 
     It never downloads: where data comes from is for the user to say, not a stored file
@@ -35,10 +35,10 @@ def build_saved_datamodule(cfg: Any, source: str | Path) -> ImageDataModule:
 
 
 def build_datamodule(data_cfg: Mapping[str, Any], saved_from: str | Path | None = None,
-                     **overrides: Any) -> ImageDataModule:
+                     **overrides: Any) -> DataModule:
     """Builds ``data_cfg`` (with ``overrides`` replacing its keys) and sets it up.
 
-    A data config (``conf/data/*.yaml``) builds an ``ImageDataModule``. The user's own
+    A data config (``conf/data/*.yaml``) builds a ``DataModule`` (images or text). The user's own
     config keeps Hydra's full ``_target_`` power; a stored one is data (see the module
     docstring).
 
@@ -50,14 +50,14 @@ def build_datamodule(data_cfg: Mapping[str, Any], saved_from: str | Path | None 
         **overrides: keys replacing those of ``data_cfg`` (``eval_batch_size``...).
 
     Raises:
-        ConfigError: the config does not build an ImageDataModule (the error names ``data``);
+        ConfigError: the config does not build a DataModule (the error names ``data``);
             a PWLError raised by the data module itself is passed on as it is.
     """
     if saved_from is not None:
         dm = build_saved_datamodule({**data_cfg, **overrides}, saved_from)
     else:
         dm = instantiate_as({**data_cfg, **overrides}, "data")
-    if not isinstance(dm, ImageDataModule):
-        raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not an ImageDataModule")
+    if not isinstance(dm, DataModule):
+        raise ConfigError(f"data._target_={data_cfg.get('_target_')} is not a pwl DataModule")
     dm.setup()
     return dm

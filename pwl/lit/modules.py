@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from pwl.build import build_hybrid, build_teacher
 from pwl.errors import ConfigError
 from pwl.lit.optim import build_optimizer, build_scheduler
 from pwl.losses import DistillOutputs, build_loss
+from pwl.losses.terms import cross_entropy, per_prediction
 from pwl.weights import load_teacher
 
 
@@ -64,7 +65,25 @@ class _Optimized(L.LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class TeacherModule(_Optimized):
+class _Scored(_Optimized):
+    """Validation and test scores of a network's logits: ``<split>/acc`` (next-token accuracy
+    for a language model) and, for a language model, ``<split>/bpc`` (bits per character)."""
+
+    def _setup_scores(self, num_classes: int, task: str) -> None:
+        self.is_lm = task == "language_model"
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def _score(self, split: str, logits: torch.Tensor, y: torch.Tensor) -> None:
+        metric = self.val_acc if split == "val" else self.test_acc
+        metric(per_prediction(logits), y.reshape(-1))
+        self.log(f"{split}/acc", metric, prog_bar=split == "val")
+        if self.is_lm:
+            bpc = cross_entropy(logits.float(), y) / math.log(2)
+            self.log(f"{split}/bpc", bpc, prog_bar=split == "val", batch_size=y.numel())
+
+
+class TeacherModule(_Scored):
     """Trains the teacher BlockNet with cross-entropy.
 
     Args:
@@ -83,8 +102,7 @@ class TeacherModule(_Optimized):
         num_classes = self.net.num_classes
         self.label_smoothing = label_smoothing
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._setup_scores(num_classes, self.net.task)
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.net.parameters())}]
@@ -95,24 +113,22 @@ class TeacherModule(_Optimized):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        self.train_acc(logits, y)
+        loss = cross_entropy(logits, y, self.label_smoothing)
+        self.train_acc(per_prediction(logits), y.reshape(-1))
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.val_acc(self.net(x), y)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        self._score("val", self.net(x), y)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        self.test_acc(self.net(x), y)
-        self.log("test/acc", self.test_acc)
+        self._score("test", self.net(x), y)
 
 
-class DistillModule(_Optimized):
+class DistillModule(_Scored):
     """Trains the student and the adapters; the teacher is frozen.
 
     Each step runs the teacher once (no grad, eval mode) and the student once,
@@ -139,9 +155,7 @@ class DistillModule(_Optimized):
         self.hybrid = build_hybrid(self.model_cfg, teacher=teacher_net)
         self.loss = build_loss(loss.get("terms", {}))
         self.adapter_lr_mult = adapter_lr_mult(loss, self.optim_cfg)
-        num_classes = self.hybrid.student.num_classes
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._setup_scores(self.hybrid.student.num_classes, self.hybrid.student.task)
 
     def param_groups(self) -> list[dict]:
         return [
@@ -164,7 +178,7 @@ class DistillModule(_Optimized):
         and the student once, and the loss terms read their block outputs.
 
         Args:
-            batch: images (B, C, H, W) and labels (B,).
+            batch: images (B, C, H, W) and labels (B,), or tokens and next tokens (B, L).
             outputs: the class that holds the step's block outputs (a subclass may note or
                 recompute the mixed paths, as experiments/bench_train.py does).
 
@@ -196,10 +210,8 @@ class DistillModule(_Optimized):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.val_acc(self(x), y)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        self._score("val", self(x), y)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        self.test_acc(self(x), y)
-        self.log("test/acc", self.test_acc)
+        self._score("test", self(x), y)

@@ -23,10 +23,11 @@ class DistillOutputs:
     """One training step's inputs and cached block outputs.
 
     Attributes:
-        images: normalised inputs (B, C, H, W).
-        labels: class indices (B,).
+        images: the inputs: normalised images (B, C, H, W), or tokens (B, L).
+        labels: class indices (B,), or the next tokens (B, L).
         hybrid: the HybridNet (frozen teacher, student, adapters).
-        teacher_feats: teacher block outputs 0..N-1 (last: logits), computed without grad.
+        teacher_feats: teacher block outputs 0..N-1 (last: logits, (B, C) or (B, L, V)),
+            computed without grad.
         student_feats: student block outputs 0..N-1 (last: logits), with their graph.
     """
 

@@ -9,12 +9,11 @@ costs only the blocks after that switch. The masks themselves come from
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
 from pwl.losses.base import DistillOutputs, LossTerm, register_loss
-from pwl.losses.terms import check_temperature, kd_loss
+from pwl.losses.terms import check_temperature, cross_entropy, kd_loss
 from pwl.masks import prefix_masks, random_mixed_mask, suffix_masks
 
 MODES = ("random", "all_prefix", "all_suffix", "sampled")
@@ -75,7 +74,7 @@ class CrossPath(LossTerm):
                 kl = kd_loss(logits, outputs.teacher_logits, self.temperature)
                 loss = loss + self.kd_weight * kl
             if self.target in ("ce", "both"):
-                loss = loss + self.ce_weight * F.cross_entropy(logits, outputs.labels)
+                loss = loss + self.ce_weight * cross_entropy(logits, outputs.labels)
             losses.append(loss)
         return torch.stack(losses).mean()
 

@@ -23,16 +23,32 @@ def check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def per_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Logits with one row per prediction: (B, C) stays, a language model's (B, L, V)
+    becomes (B*L, V), so every loss is a mean over predictions (images or tokens)."""
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy, mean over predictions: logits (B, C) and labels (B,), or a language
+    model's (B, L, V) and next tokens (B, L)."""
+    return F.cross_entropy(per_prediction(logits), labels.reshape(-1),
+                           label_smoothing=label_smoothing)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
             temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes, mean over the batch.
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes, mean over predictions.
 
     The T^2 factor keeps the gradient scale independent of T (Hinton et al.).
 
     Args:
-        student_logits: (B, num_classes), with grad.
-        teacher_logits: (B, num_classes), used as a fixed target.
+        student_logits: (B, num_classes), or (B, L, V) per token, with grad.
+        teacher_logits: the same shape, used as a fixed target.
     """
+    student_logits = per_prediction(student_logits)
+    teacher_logits = per_prediction(teacher_logits)
     target = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     log_probs = F.log_softmax(student_logits / temperature, dim=1)
     kl = F.kl_div(log_probs, target, reduction="batchmean", log_target=True)
@@ -50,8 +66,7 @@ class CrossEntropy(LossTerm):
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, outputs: DistillOutputs) -> torch.Tensor:
-        return F.cross_entropy(outputs.student_logits, outputs.labels,
-                               label_smoothing=self.label_smoothing)
+        return cross_entropy(outputs.student_logits, outputs.labels, self.label_smoothing)
 
     def describe(self, hybrid: HybridNet | None = None) -> str:
         return f"CE(ls={self.label_smoothing:g})" if self.label_smoothing else "CE"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from rich.progress import track
 
-from pwl.data.datamodule import ImageDataModule
+from pwl.data.datamodule import DataModule
 from pwl.data.registry import build_datamodule
 from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
@@ -39,7 +39,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def evaluate_on_split(hybrid: HybridNet, data: Mapping[str, Any] | ImageDataModule, split: str,
+def evaluate_on_split(hybrid: HybridNet, data: Mapping[str, Any] | DataModule, split: str,
                       orders: Any, *, saved_from: str | Path | None = None,
                       batch_size: int | None = None, limit_batches: int | None = None,
                       device: str | torch.device | None = None,
@@ -69,7 +69,7 @@ def evaluate_on_split(hybrid: HybridNet, data: Mapping[str, Any] | ImageDataModu
     """
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is unknown; use test or val")
-    if isinstance(data, ImageDataModule):
+    if isinstance(data, DataModule):
         dm = data
         dm.setup()
     else:

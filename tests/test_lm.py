@@ -1,0 +1,137 @@
+"""The language-model pair: text data, the causal model, sequence losses, stage metrics."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from pwl.build import build_hybrid
+from pwl.data import TextDataModule
+from pwl.data.kjv import KJV_VOCAB, read_kjv, split_books
+from pwl.errors import ConfigError, DataError
+from pwl.models import gpt
+from pwl.train import train
+from pwl.vocab import CharVocab
+from tests.conftest import compose_cfg, model_cfg
+
+# The LM pair at its full size on the synthetic corpus, a few batches on CPU.
+LM_FAST = ["data=kjv", "data.source=synthetic", "data.context_length=32", "data.batch_size=8",
+           "data.eval_batch_size=32", "model=gpt_kjv", "trainer=cpu", "debug=fast",
+           "logger=none", "epochs.teacher=1", "epochs.distill=1"]
+
+
+def synthetic(**kwargs) -> TextDataModule:
+    dm = TextDataModule(source="synthetic", **{"context_length": 16, **kwargs})
+    dm.setup()
+    return dm
+
+
+def test_vocab_round_trips_and_names_a_foreign_symbol():
+    vocab = CharVocab("ab\n ")
+    ids = vocab.encode("ab a\nb")
+    assert ids.tolist() == [0, 1, 3, 0, 2, 1]
+    assert vocab.decode(ids) == "ab a\nb"
+    with pytest.raises(DataError, match=r"'z' \(position 2\).*data.vocab"):
+        vocab.encode("abz")
+
+
+def test_books_split_whole_by_their_index():
+    books = {f"b{i}": f"{i};" for i in range(22)}
+    texts = split_books(books)
+    assert texts["val"] == "5;16;"
+    assert texts["test"] == "10;21;"
+    assert len(texts["train"].split(";")) - 1 == 18
+
+
+def test_text_batches_are_tokens_and_next_tokens():
+    dm = synthetic(batch_size=4, eval_batch_size=3)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    x, y = next(iter(dm.val_dataloader()))
+    val = dm.ids["val"]
+    # Consecutive non-overlapping windows from the split's start.
+    assert torch.equal(x[0], val[:16]) and torch.equal(y[0], val[1:17])
+    assert torch.equal(x[1], val[16:32])
+    assert dm.input_shape == (16,) and dm.num_classes == len(KJV_VOCAB) == 63
+
+
+def test_text_data_checks_its_vocabulary_size():
+    with pytest.raises(ConfigError, match=r"data.num_classes=10 .* 63 symbols"):
+        TextDataModule(source="synthetic", num_classes=10)
+
+
+def test_missing_bible_program_says_how_to_install(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(DataError, match=r"apt-get install bible-kjv") as err:
+        read_kjv()
+    assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("bible") is None, reason="bible-kjv is not installed")
+def test_kjv_is_read_once_into_the_cache(tmp_path):
+    dm = TextDataModule(cache_dir=str(tmp_path), context_length=64)
+    dm.setup()
+    assert (tmp_path / "kjv" / "books.json").is_file()
+    books = dm.books()
+    assert len(books) == 66 and books["Ge"].startswith("In the beginning God created")
+    assert sum(len(v) for v in dm.ids.values()) == sum(len(t) for t in books.values())
+
+
+def test_gpt_blocks_hold_embeddings_first_and_the_head_last():
+    net = gpt(vocab_size=63, context_length=32, embed_dim=32, depth=4, num_heads=2,
+              num_blocks=2)
+    assert net.task == "language_model" and net.num_blocks == 2
+    assert net.unit_prefixes(0) == ["stem.", "blocks.0."]
+    assert net.unit_prefixes(1) == ["blocks.1.", "head."]
+    tokens = torch.randint(0, 63, (2, 32))
+    feats = net.forward_intermediates(tokens)
+    assert feats[0].shape == (2, 32, 32) and feats[1].shape == (2, 32, 63)
+
+
+def test_gpt_is_causal():
+    torch.manual_seed(0)
+    net = gpt(vocab_size=63, context_length=16, embed_dim=32, depth=2, num_heads=2,
+              num_blocks=2).eval()
+    a = torch.randint(0, 63, (1, 16))
+    b = a.clone()
+    b[0, 10:] = (b[0, 10:] + 1) % 63
+    with torch.no_grad():
+        la, lb = net(a), net(b)
+    assert torch.equal(la[:, :10], lb[:, :10])
+    assert not torch.allclose(la[:, 10:], lb[:, 10:])
+
+
+def test_context_longer_than_the_model_is_one_clear_line():
+    net = gpt(vocab_size=63, context_length=16, embed_dim=32, depth=2, num_heads=2,
+              num_blocks=2)
+    with pytest.raises(ConfigError, match=r"context of 17 tokens .* context_length=16") as err:
+        net(torch.zeros(1, 17, dtype=torch.int64))
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_gpt_pair_has_linear_token_adapters_and_every_mask_runs():
+    hybrid = build_hybrid(model_cfg("gpt_kjv", "kjv"))
+    assert [m[0].in_features for m in hybrid.adapters.to_student] == [128, 128]
+    assert [m[0].out_features for m in hybrid.adapters.to_student] == [64, 64]
+    tokens = torch.randint(0, 63, (2, 128))
+    with torch.no_grad():
+        assert torch.equal(hybrid(tokens, "TTT"), hybrid.teacher(tokens))
+        assert torch.equal(hybrid(tokens, "SSS"), hybrid.student(tokens))
+        assert hybrid(tokens, "STS").shape == (2, 128, 63)
+
+
+@pytest.mark.parametrize("loss", ["pwl", "kd", "paper"])
+def test_lm_pair_trains_both_phases_at_full_size(loss, tmp_path):
+    teacher = tmp_path / "teacher"
+    metrics = train(compose_cfg("train", [*LM_FAST, "phase=teacher", f"run_dir={teacher}"]))
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/bpc"])  # finite
+    assert 0 < metrics["test/bpc"] < 2 * math.log2(63)
+    metrics = train(compose_cfg("train", [*LM_FAST, "phase=distill", f"loss={loss}",
+                                          f"teacher={teacher}",
+                                          f"run_dir={tmp_path / 'distill'}"]))
+    assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("train/loss"))
+    assert (tmp_path / "distill" / "stages.csv").is_file()
