@@ -1,0 +1,345 @@
+"""Bundles over the network: a real nginx, Python's http.server (no Range), and a fault server.
+
+Every model opened from a URL is compared with the same bundle opened from disk.
+The fault server below serves the bundle from memory, counts the requests and
+bytes it served per file, and misbehaves on request: it cuts a connection
+mid-file, sends a wrong Content-Length, answers 500 once, ignores Range, serves
+a tampered or a longer file, or trickles a byte at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from pwl.errors import CheckpointError
+from pwl.runtime import ProgressiveModel, load_bundle_hybrid, read_manifest, verify
+from tests.conftest import export_tiny
+
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)),
+                                      None)
+# Fast enough to keep the test short, slow enough that loading spans several predictions.
+THROTTLE = "2m"
+X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None = None, seconds: float = 10) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A directory holding ``bundle/``, and that bundle opened from disk."""
+    root = tmp_path_factory.mktemp("site")
+    torch.manual_seed(0)
+    export_tiny(root / "bundle")
+    local, _ = load_bundle_hybrid(root / "bundle")
+    return root, local
+
+
+@pytest.fixture(scope="module")
+def nginx(site, tmp_path_factory):
+    """nginx as the current user on a free port: ``/`` at full speed, ``/slow/`` throttled."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (make install adds nginx-light where apt is usable)")
+    root, _ = site
+    run = tmp_path_factory.mktemp("nginx")
+    port = free_port()
+    temp = "\n".join(f"  {kind}_temp_path {run / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (run / "nginx.conf").write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {run / 'nginx.pid'};
+error_log {run / 'error.log'} warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+{temp}
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location /slow/ {{ alias {root}/; limit_rate {THROTTLE}; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen([NGINX, "-c", str(run / "nginx.conf"), "-p", str(run),
+                             "-e", str(run / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def plain_http(site):
+    """Python's http.server on the site: it answers every request whole (no Range)."""
+    root, _ = site
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# --- the fault server ----------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """One response: the file, the first byte asked for (Range), the status, bytes sent."""
+
+    rel: str
+    start: int
+    status: int
+    sent: int
+
+
+@dataclass
+class FaultServer:
+    files: dict[str, bytes]
+    faults: dict[str, list[str]] = field(default_factory=dict)
+    log: list[Served] = field(default_factory=list)
+    url: str = ""
+
+    def served(self, rel: str) -> list[Served]:
+        return [s for s in self.log if s.rel == rel]
+
+    def requests(self) -> int:
+        return len(self.log)
+
+
+def _handler(state: FaultServer) -> type:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+            rel = self.path.split("/bundle/", 1)[-1]
+            fault = state.faults.get(rel, [None]).pop(0) if state.faults.get(rel) else None
+            data = state.files.get(rel)
+            if data is None or fault == "404":
+                self.send_error(404)
+                return state.log.append(Served(rel, 0, 404, 0))
+            if fault == "500":
+                self.send_error(500)
+                return state.log.append(Served(rel, 0, 500, 0))
+            if fault == "tamper":
+                data = bytearray(data)
+                data[len(data) // 2] ^= 0xFF
+                data = bytes(data)
+            if fault == "longer":
+                data = data + b"\0" * 4096
+            start = 0
+            asked = self.headers.get("Range", "")
+            if asked.startswith("bytes=") and fault != "norange":
+                start = int(asked[6:].split("-")[0])
+            body = data[start:]
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            length = {"short_length": len(body) // 2, "long_length": len(body) + 1000}
+            self.send_header("Content-Length", str(length.get(fault, len(body))))
+            self.end_headers()
+            sent = 0
+            try:
+                if fault == "cut":
+                    sent = len(body) // 2
+                    self.wfile.write(body[:sent])
+                    self.wfile.flush()
+                    time.sleep(0.3)  # the client reads what came before the cut
+                elif fault == "trickle":
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        sent += 1
+                        time.sleep(0.5)
+                else:
+                    body = body[:length.get(fault, len(body))]
+                    self.wfile.write(body)
+                    sent = len(body)
+            except OSError:
+                pass  # the client hung up
+            state.log.append(Served(rel, start, 206 if start else 200, sent))
+            self.close_connection = True
+
+    return Handler
+
+
+@pytest.fixture
+def fault_server(site):
+    """A fresh fault server for the site's bundle (``state.faults[rel]``: one fault per
+    request for that file, in order)."""
+    root, _ = site
+    bundle = root / "bundle"
+    files = {p.relative_to(bundle).as_posix(): p.read_bytes()
+             for p in bundle.rglob("*") if p.is_file()}
+    state = FaultServer(files)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/bundle/"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def open_url(url: str, **kwargs) -> ProgressiveModel:
+    kwargs.setdefault("timeout", 5.0)
+    kwargs.setdefault("retries", 2)
+    return ProgressiveModel.open(url, **kwargs)
+
+
+def load_all(url: str, **kwargs) -> ProgressiveModel:
+    """The model of ``url`` once loading has ended (done or failed)."""
+    model = open_url(url, **kwargs)
+    model.start_loading()
+    end = time.monotonic() + 30
+    while not model.done and time.monotonic() < end:
+        time.sleep(0.01)
+    return model
+
+
+# --- a real server -------------------------------------------------------------------------
+
+
+def test_nginx_answers_equal_a_local_open_at_every_stage(site, nginx):
+    root, local = site
+    hybrid, _ = load_bundle_hybrid(f"{nginx}/bundle/")
+    masks = read_manifest(root / "bundle").loading_order
+    for mask in masks:
+        assert torch.equal(hybrid(X, mask), local(X, mask)), mask
+    with open_url(f"{nginx}/slow/bundle/") as model:
+        seen = {}
+        model.start_loading()
+        while not model.done:
+            logits, mask = model.predict_with_mask(X)
+            seen.setdefault(mask, logits)
+        model.wait()
+        seen.setdefault(model.mask, model.predict(X))
+    assert len(seen) >= 3 and seen.keys() <= set(masks)  # answered while blocks arrived
+    for mask, logits in seen.items():
+        assert torch.equal(logits, local(X, mask)), mask
+    assert model.mask == masks[-1] and model.error is None
+    assert verify(f"{nginx}/bundle/").num_blocks == len(masks) - 1
+
+
+def test_a_server_that_ignores_range_serves_whole_files(site, plain_http):
+    _, local = site
+    model = load_all(f"{plain_http}/bundle/")
+    assert model.error is None and torch.equal(model.predict(X), local(X, model.mask))
+
+
+# --- faults --------------------------------------------------------------------------------
+
+BIG = "teacher/block_3.safetensors"  # the largest shard
+
+
+def test_a_cut_connection_resumes_from_the_last_byte_received(site, fault_server):
+    _, local = site
+    fault_server.faults[BIG] = ["cut"]
+    model = load_all(fault_server.url)
+    assert model.error is None and torch.equal(model.predict(X), local(X, "TTTT"))
+    size = len(fault_server.files[BIG])
+    first, second = fault_server.served(BIG)
+    assert first.start == 0 and first.sent == size // 2
+    # Resumed where the received bytes ended, and only the rest was sent again.
+    assert 0 < second.start <= first.sent and second.status == 206
+    assert second.sent == size - second.start
+
+
+@pytest.mark.parametrize("faults", [["500"], ["long_length"], ["short_length"],
+                                    ["cut", "norange"]])
+def test_transient_faults_heal(site, fault_server, faults):
+    _, local = site
+    fault_server.faults[BIG] = list(faults)
+    model = load_all(fault_server.url)
+    assert model.error is None and torch.equal(model.predict(X), local(X, "TTTT"))
+    assert len(fault_server.served(BIG)) == 1 + ("long_length" not in faults)
+
+
+@pytest.mark.parametrize(("fault", "says"), [("tamper", "sha256"), ("longer", "longer than"),
+                                             ("404", "not found (404)")])
+def test_a_bad_shard_is_refused_and_the_model_keeps_its_last_good_mask(site, fault_server,
+                                                                       fault, says):
+    _, local = site
+    fault_server.faults["teacher/block_2.safetensors"] = [fault]
+    model = load_all(fault_server.url)
+    error = model.events[-1].error
+    assert model.mask == "TTSS" and error is not None and says in error
+    assert f"{fault_server.url}teacher/block_2.safetensors" in error and "\n" not in error
+    assert torch.equal(model.predict(X), local(X, "TTSS"))
+    with pytest.raises(CheckpointError):
+        model.wait()
+
+
+def test_a_trickle_past_the_timeout_ends_in_an_error(fault_server):
+    fault_server.faults["teacher/block_0.safetensors"] = ["trickle", "trickle"]
+    model = load_all(fault_server.url, timeout=0.3, retries=1)
+    assert model.mask == "SSSS" and "no data for 0.3 s" in model.events[-1].error
+    assert "gave up after 1 retries" in model.events[-1].error
+
+
+def test_the_cache_serves_a_second_open_without_shard_requests(site, fault_server, tmp_path):
+    _, local = site
+    cache = tmp_path / "cache"
+    load_all(fault_server.url, cache_dir=cache)
+    first = fault_server.requests()
+    model = load_all(fault_server.url, cache_dir=cache)
+    assert model.error is None and torch.equal(model.predict(X), local(X, "TTTT"))
+    assert [s.rel for s in fault_server.log[first:]] == ["manifest.json"]
+    # A cached copy that no longer matches its hash is fetched again, and only it.
+    stored = next(p for p in cache.rglob("*") if p.is_file()
+                  and p.stat().st_size == len(fault_server.files[BIG]))
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    second = fault_server.requests()
+    load_all(fault_server.url, cache_dir=cache)
+    assert [s.rel for s in fault_server.log[second:]] == ["manifest.json", BIG]
+
+
+def test_unusable_urls_fail_in_one_line_naming_the_url():
+    port = free_port()  # nothing listens there
+    for url, says in [(f"http://127.0.0.1:{port}/bundle/", "cannot connect"),
+                      ("nope://host/bundle/", "no protocol 'nope'"),
+                      ("http:///bundle/", "names no host")]:
+        with pytest.raises(CheckpointError) as e:
+            ProgressiveModel.open(url, retries=0, timeout=1)
+        assert says in str(e.value) and "\n" not in str(e.value), url
