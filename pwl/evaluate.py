@@ -1,4 +1,4 @@
-"""``python -m pwl.evaluate checkpoint=<run dir | .ckpt | bundle dir>``: the stage curve.
+"""``python -m pwl.evaluate checkpoint=<run dir | .ckpt | bundle dir or URL>``: the stage curve.
 
 Evaluates the loading orders of a trained hybrid on the test split (``orders=[all]``:
 every mask, on the validation split, for choosing a loading plan) with the
@@ -25,20 +25,26 @@ from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import parse_orders
 from pwl.runtime.bundle import is_bundle, read_manifest
+from pwl.runtime.sources import is_url
 from pwl.schemas import check_app_config
 from pwl.stages import StageResult, evaluate_on_split, write_evaluation
+from pwl.stages.metrics import BPC
 
 
 def print_result(result: StageResult, paths: dict[str, Path], console: Console) -> None:
-    table = Table(title=f"stages on {result.samples} images")
-    for col in ("order", "k", "mask", "accuracy", "teacher MB", "ms/batch"):
+    lm = result.headline == BPC
+    table = Table(title=f"stages on {result.samples} {'characters' if lm else 'images'}")
+    for col in ("order", "k", "mask", *(["bpc"] if lm else []), "accuracy", "teacher MB",
+                "ms/batch"):
         table.add_column(col, justify="left" if col in ("order", "mask") else "right")
     for r in result.rows:
-        table.add_row(r.order, str(r.k), r.mask, f"{r.accuracy:.4f}",
-                      f"{r.bytes_loaded / 2**20:.2f}", f"{r.ms_per_batch:.1f}")
+        table.add_row(r.order, str(r.k), r.mask, *([f"{r.bpc:.4f}"] if lm else []),
+                      f"{r.accuracy:.4f}", f"{r.bytes_loaded / 2**20:.2f}",
+                      f"{r.ms_per_batch:.1f}")
     console.print(table)
     if result.prefix_auc is not None:
-        console.print(f"prefix AUC (mean accuracy, k=0..N): {result.prefix_auc:.4f}")
+        console.print(f"prefix AUC (mean {result.headline.label}, k=0..N): "
+                      f"{result.prefix_auc:.4f}")
     console.print(f"blocks run: {result.block_runs} (one forward per mask would run "
                   f"{result.naive_block_runs})")
     console.print("wrote:")
@@ -56,7 +62,7 @@ def resolve_split(split: str, orders: list[str]) -> str:
     return split
 
 
-def bundle_block_bytes(checkpoint: Path) -> list[int] | None:
+def bundle_block_bytes(checkpoint: str | Path) -> list[int] | None:
     """Sizes of a bundle's teacher files (at their stored precision), or None for a run."""
     return read_manifest(checkpoint).block_bytes() if is_bundle(checkpoint) else None
 
@@ -72,8 +78,8 @@ def evaluate(cfg: DictConfig) -> StageResult:
     if not cfg.out and not HydraConfig.initialized():
         raise ConfigError("out is not set and there is no Hydra run directory; pass out=<dir>")
     out_dir = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
-    checkpoint = Path(cfg.checkpoint).expanduser()
-    if not checkpoint.exists():
+    checkpoint = cfg.checkpoint if is_url(cfg.checkpoint) else Path(cfg.checkpoint).expanduser()
+    if not is_url(checkpoint) and not checkpoint.exists():
         raise CheckpointError(f"checkpoint={checkpoint} does not exist; pass a distill run "
                               "directory, a Lightning .ckpt or a bundle directory")
     hybrid, model_cfg = load_hybrid(checkpoint)

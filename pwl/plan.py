@@ -1,8 +1,9 @@
 """``python -m pwl.plan checkpoint=<run dir | .ckpt | bundle dir>``: the best loading order.
 
-Finds the order of teacher blocks with the largest area under accuracy vs bytes
-loaded (``pwl.stages.plans``: exact dynamic programming over block subsets) on
-an accuracy table of every mask measured on the validation split: ``stages=<csv>``
+Finds the order of teacher blocks with the best area under the stage metric vs bytes
+loaded (``pwl.stages.plans``: exact dynamic programming over block subsets; the largest
+area under accuracy, the smallest under a language model's bits per character) on
+a table of every mask measured on the validation split: ``stages=<csv>``
 (from ``pwl.evaluate orders=[all] split=val``), else evaluated now. Writes
 ``plan.csv`` and ``plan.png`` (the plan next to prefix and suffix) into ``out``,
 by default the checkpoint's run dir, where ``pwl.export loading_order=plan``
@@ -34,6 +35,7 @@ from pwl.masks import LoadingOrder
 from pwl.precision import check_dtype
 from pwl.runtime.bundle import is_bundle, read_manifest
 from pwl.stages import (
+    StageRow,
     accuracy_by_mask,
     evaluate_on_split,
     last_epoch,
@@ -42,7 +44,9 @@ from pwl.stages import (
     teacher_block_bytes,
     write_evaluation,
 )
-from pwl.stages.plans import PlanRow, best_order, plan_rows, plot_plan, write_plan
+from pwl.stages.files import metric_of_rows, value_by_mask
+from pwl.stages.metrics import BPC
+from pwl.stages.plans import PlanRow, best_order, plan_metric, plan_rows, plot_plan, write_plan
 
 OBJECTIVES = ("auc_bytes", "auc_time")
 ALL_MASKS_STEM = "stages_all_val"
@@ -59,8 +63,8 @@ def bundle_bytes(checkpoint: Path) -> tuple[list[int], int] | None:
 
 def evaluate_all_masks(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
                        model_cfg: dict[str, Any], out: Path, console: Console
-                       ) -> dict[str, float]:
-    """Accuracy of every mask on the validation split, also written as ``ALL_MASKS_STEM``."""
+                       ) -> list[StageRow]:
+    """Every mask measured on the validation split, also written as ``ALL_MASKS_STEM``."""
     if cfg.get("data") is not None:
         data_cfg, source = OmegaConf.to_container(cfg.data, resolve=True), None
     else:
@@ -77,13 +81,13 @@ def evaluate_all_masks(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
     write_evaluation(result, hybrid, out, ALL_MASKS_STEM,
                      {"split": "val", "checkpoint": str(checkpoint),
                       "model": model_cfg.get("name")}, bundle[0] if bundle else None)
-    return accuracy_by_mask(result.rows)
+    return result.rows
 
 
-def accuracy_table(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
-                   model_cfg: dict[str, Any], out: Path, console: Console
-                   ) -> tuple[dict[str, float], str]:
-    """Accuracy per mask from ``stages=<csv>``, or from evaluating every mask on val now."""
+def stage_table(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
+                model_cfg: dict[str, Any], out: Path, console: Console
+                ) -> tuple[list[StageRow], str]:
+    """Stage rows of every mask from ``stages=<csv>``, or from evaluating them on val now."""
     if not cfg.stages:
         return (evaluate_all_masks(cfg, checkpoint, hybrid, model_cfg, out, console),
                 str(out / f"{ALL_MASKS_STEM}.csv"))
@@ -96,7 +100,7 @@ def accuracy_table(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
     if split == "test":
         console.print(f"[yellow]note: {path} was measured on the test split; a plan chosen "
                       "on it overstates its test accuracy (use split=val)[/yellow]")
-    return accuracy_by_mask(last_epoch(read_stages(path))), str(path)
+    return last_epoch(read_stages(path)), str(path)
 
 
 def plan(cfg: DictConfig) -> list[PlanRow]:
@@ -127,17 +131,20 @@ def plan(cfg: DictConfig) -> list[PlanRow]:
         block_bytes = teacher_block_bytes(hybrid.teacher, dtype)
         bytes_source = f"estimated at {dtype}"
     side_bytes = bundle[1] if bundle is not None else student_bytes(hybrid)
-    accuracy, table_source = accuracy_table(cfg, checkpoint, hybrid, model_cfg, out, console)
+    table, table_source = stage_table(cfg, checkpoint, hybrid, model_cfg, out, console)
+    metric = metric_of_rows(table)
+    accuracy = accuracy_by_mask(table)
+    bpc = value_by_mask(table, BPC) if metric == BPC else None
 
-    plan, _ = best_order(accuracy, block_bytes)
-    rows = plan_rows(plan, accuracy, block_bytes)
+    plan, _ = best_order(bpc if bpc is not None else accuracy, block_bytes, metric)
+    rows = plan_rows(plan, accuracy, block_bytes, bpc)
     for name in ("prefix", "suffix"):
         order = LoadingOrder.parse(name, n)
         if all(m in accuracy for m in order.masks[:-1]):
-            rows += plan_rows(order, accuracy, block_bytes)
+            rows += plan_rows(order, accuracy, block_bytes, bpc)
     paths = [write_plan(rows, out / "plan.csv"), plot_plan(rows, out / "plan.png")]
     print_plan(rows, cfg.objective, bandwidth, side_bytes, console)
-    console.print(f"accuracies: {table_source}; block bytes: {bytes_source} "
+    console.print(f"{metric.label}: {table_source}; block bytes: {bytes_source} "
                   f"({', '.join(human_bytes(b) for b in block_bytes)})", soft_wrap=True)
     console.print("wrote: " + "  ".join(str(p) for p in paths), soft_wrap=True)
     return rows
@@ -145,22 +152,24 @@ def plan(cfg: DictConfig) -> list[PlanRow]:
 
 def print_plan(rows: list[PlanRow], objective: str, bandwidth: float | None,
                side_bytes: int, console: Console) -> None:
-    """One line per order: its block order, area and mean accuracy, and the ratio to prefix."""
+    """One line per order: its block order, area and mean of the plan's metric (accuracy, or
+    bits per character), and the ratio to prefix."""
+    metric = plan_metric(rows)
     orders = list(dict.fromkeys(r.order for r in rows))
     first = {o: next(r for r in rows if r.order == o) for o in orders}
     total = max(r.bytes_loaded for r in rows)
     if objective == "auc_time":
         # Seconds at the bandwidth; the window starts when the student file starts loading.
         window = (side_bytes + total) / bandwidth
-        areas = {o: first[o].mean_accuracy * total / bandwidth for o in orders}
+        areas = {o: first[o].mean(metric) * total / bandwidth for o in orders}
         means = {o: areas[o] / window for o in orders}
-        unit = "accuracy x s"
+        unit = f"{metric.name} x s"
     else:
-        areas = {o: first[o].mean_accuracy * total / 1e6 for o in orders}
-        means = {o: first[o].mean_accuracy for o in orders}
-        unit = "accuracy x MB"
+        areas = {o: first[o].mean(metric) * total / 1e6 for o in orders}
+        means = {o: first[o].mean(metric) for o in orders}
+        unit = f"{metric.name} x MB"
     table = Table(title=f"loading orders ({objective})")
-    for col in ("order", "blocks", f"area ({unit})", "mean accuracy", "vs prefix"):
+    for col in ("order", "blocks", f"area ({unit})", f"mean {metric.name}", "vs prefix"):
         table.add_column(col, justify="left" if col in ("order", "blocks") else "right")
     for o in orders:
         blocks = " ".join(str(r.block) for r in rows if r.order == o and r.block >= 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -13,13 +14,17 @@ from pwl.data import TextDataModule
 from pwl.data.kjv import KJV_VOCAB, read_kjv, split_books
 from pwl.errors import ConfigError, DataError
 from pwl.models import gpt
+from pwl.stages import COLUMNS, evaluate_stages, read_stages, write_stages
+from pwl.stages.files import metric_of_rows
+from pwl.stages.metrics import BPC
+from pwl.stages.plans import best_order
 from pwl.train import train
 from pwl.vocab import CharVocab
 from tests.conftest import compose_cfg, model_cfg
 
 # The LM pair at its full size on the synthetic corpus, a few batches on CPU.
-LM_FAST = ["data=kjv", "data.source=synthetic", "data.context_length=32", "data.batch_size=8",
-           "data.eval_batch_size=32", "model=gpt_kjv", "trainer=cpu", "debug=fast",
+LM_FAST = ["experiment=lm_kjv", "data.source=synthetic", "data.context_length=32",
+           "data.batch_size=8", "data.eval_batch_size=32", "trainer=cpu", "debug=fast",
            "logger=none", "epochs.teacher=1", "epochs.distill=1"]
 
 
@@ -135,3 +140,69 @@ def test_lm_pair_trains_both_phases_at_full_size(loss, tmp_path):
                                           f"run_dir={tmp_path / 'distill'}"]))
     assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("train/loss"))
     assert (tmp_path / "distill" / "stages.csv").is_file()
+
+
+def _lm_hybrid():
+    torch.manual_seed(0)
+    hybrid = build_hybrid(model_cfg("gpt_kjv", "kjv", context_length=16)).eval()
+    with torch.no_grad():  # adapters off their init, so every switch changes the answer
+        for p in hybrid.adapters.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return hybrid
+
+
+def test_shared_prefix_stages_on_sequences_equal_one_forward_per_mask():
+    hybrid = _lm_hybrid()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 63, (3, 16), generator=g),
+                torch.randint(0, 63, (3, 16), generator=g)) for _ in range(2)]
+    result = evaluate_stages(hybrid, batches, ["all"])
+    assert result.metric == "bpc" and result.samples == 2 * 3 * 16
+    n = hybrid.num_blocks
+    assert result.block_runs < result.naive_block_runs == 2 * 2**n * n
+    for row in result.rows:
+        nats, hits = 0.0, 0
+        with torch.no_grad():
+            for tokens, nxt in batches:
+                logits = hybrid(tokens, row.mask)
+                nats += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, 63), nxt.reshape(-1), reduction="sum").item()
+                hits += (logits.argmax(-1) == nxt).sum().item()
+        assert row.bpc == pytest.approx(nats / 96 / math.log(2), rel=1e-6)
+        assert row.accuracy == hits / 96
+
+
+def test_lm_stage_files_carry_bpc_and_name_it_the_headline(tmp_path):
+    hybrid = _lm_hybrid()
+    tokens = torch.randint(0, 63, (2, 16))
+    result = evaluate_stages(hybrid, [(tokens, tokens.roll(-1, 1))], ["prefix"])
+    paths = write_stages([result], tmp_path)
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    assert header == [*COLUMNS, "bpc"]
+    doc = json.loads(paths["json"].read_text())
+    assert (doc["metric"], doc["higher_is_better"]) == ("bpc", False)
+    rows = read_stages(paths["csv"])
+    assert [r.bpc for r in rows] == [r.bpc for r in result.rows]
+    assert metric_of_rows(rows) is BPC
+    # Lower is better: the prefix area is the mean bpc, and the best mask has the least.
+    assert result.prefix_auc == pytest.approx(sum(r.bpc for r in rows) / len(rows))
+    assert BPC.best({r.mask: r.bpc for r in rows}) == min(rows, key=lambda r: r.bpc).mask
+
+
+def test_checkpoint_on_the_prefix_area_must_minimise_bpc(tmp_path):
+    teacher = tmp_path / "teacher"
+    train(compose_cfg("train", [*LM_FAST, "phase=teacher", f"run_dir={teacher}"]))
+    with pytest.raises(ConfigError, match=r"mode=max but stages/prefix_auc is bits per "
+                                          r"character .*mode=min"):
+        train(compose_cfg("train", [*LM_FAST, "phase=distill", f"teacher={teacher}",
+                                    "callbacks.model_checkpoint.mode=max",
+                                    f"run_dir={tmp_path / 'distill'}"]))
+
+
+@pytest.mark.parametrize("table,masks", [
+    ({"SS": 3.0, "TS": 2.0, "ST": 2.9, "TT": 1.0}, ["SS", "TS", "TT"]),
+    ({"SS": 3.0, "TS": 2.9, "ST": 2.0, "TT": 1.0}, ["SS", "ST", "TT"])])
+def test_planner_minimises_the_area_under_bits_per_character(table, masks):
+    order, area = best_order(table, [1, 1], BPC)
+    assert list(order.masks) == masks
+    assert area == pytest.approx(3.0 + 2.0)

@@ -1,4 +1,7 @@
-"""StageEval: the accuracy-vs-teacher-blocks curve during training and at test time.
+"""StageEval: the metric-vs-teacher-blocks curve during training and at test time.
+
+The metric is the task's (``pwl.stages.metrics``): accuracy for a classifier, bits
+per character (lower is better) for a language model.
 
 After validation (every ``every_n_epochs`` epochs) the callback evaluates the
 configured masks on the validation split with the shared-prefix evaluator of
@@ -7,8 +10,9 @@ rewrites ``stages.csv/json/png`` in the run directory with every epoch so far.
 At test time the same goes to ``stages_test.*`` and ``stages_test/...``.
 With a W&B logger it also logs the rows as a table and two line charts.
 
-``stages/prefix_auc`` (``MONITOR``, the distillation checkpoint's metric) is
-logged at every evaluation whatever the orders: the prefix masks it needs are
+``stages/prefix_auc`` (``MONITOR``, the distillation checkpoint's metric, the mean
+headline metric along the prefix order: maximised for accuracy, minimised for bits
+per character) is logged at every evaluation whatever the orders: the prefix masks it needs are
 evaluated with the configured ones (sharing their prefixes) but written and
 logged as a curve only when an order asks for them. It is always measured on
 the validation split: with ``split=test`` the per-epoch curve is logged under
@@ -25,12 +29,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pwl.errors import ConfigError
 from pwl.masks import parse_orders
-from pwl.stages import COLUMNS, StageEvaluator, StageResult, StageRow, write_stages
+from pwl.stages import StageEvaluator, StageResult, StageRow, write_stages
+from pwl.stages.files import columns_of, metric_of_rows
+from pwl.stages.metrics import metric_of
 
 SPLITS = ("val", "test")
 # The scalar that distillation checkpoints monitor, and the order whose masks it needs.
@@ -75,6 +82,13 @@ class StageEval(L.Callback):
                               "this phase (phase=teacher drops it)")
         # A typo in the orders fails here, not after the first training epoch.
         parse_orders(self.orders, hybrid.num_blocks)
+        metric = metric_of(hybrid)
+        for cb in trainer.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.monitor == MONITOR \
+                    and cb.mode != metric.direction:
+                raise ConfigError(f"callbacks.model_checkpoint.mode={cb.mode} but {MONITOR} is "
+                                  f"{metric.label} ({metric.direction} is better); set "
+                                  f"callbacks.model_checkpoint.mode={metric.direction}")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -187,32 +201,37 @@ def _datamodule(trainer: L.Trainer) -> Any:
 
 def log_stages_to_wandb(logger: WandbLogger, rows: Sequence[StageRow], prefix: str,
                         step: int) -> None:
-    """Logs the rows as ``<prefix>/table`` and two line charts (one series per order):
-    accuracy vs teacher blocks loaded (mean over masks with the same k) and vs MB loaded."""
+    """Logs the rows as ``<prefix>/table`` and two line charts (one series per order) of the
+    headline metric (``<m>``: accuracy, or bpc): ``<m>_vs_teacher_blocks`` (mean over masks
+    with the same k) and ``<m>_vs_mb_loaded``."""
     import wandb
 
-    table = wandb.Table(columns=list(COLUMNS), data=[list(asdict(r).values()) for r in rows])
+    rows = list(rows)
+    columns = columns_of(rows)
+    metric = metric_of_rows(rows)
+    m = metric.name
+    table = wandb.Table(columns=columns, data=[[getattr(r, c) for c in columns] for r in rows])
     orders = list(dict.fromkeys(r.order for r in rows))
     by_k = []
     for order in orders:
         ks = sorted({r.k for r in rows if r.order == order})
         for k in ks:
-            accs = [r.accuracy for r in rows if r.order == order and r.k == k]
-            by_k.append([order, k, sum(accs) / len(accs)])
-    by_mb = [[r.order, r.bytes_loaded / 2**20, r.accuracy]
+            values = [r.value(metric) for r in rows if r.order == order and r.k == k]
+            by_k.append([order, k, sum(values) / len(values)])
+    by_mb = [[r.order, r.bytes_loaded / 2**20, r.value(metric)]
              for r in sorted(rows, key=lambda r: (orders.index(r.order), r.bytes_loaded))]
-    k_table = wandb.Table(columns=["order", "teacher_blocks", "accuracy"], data=by_k)
-    mb_table = wandb.Table(columns=["order", "mb_loaded", "accuracy"], data=by_mb)
+    k_table = wandb.Table(columns=["order", "teacher_blocks", m], data=by_k)
+    mb_table = wandb.Table(columns=["order", "mb_loaded", m], data=by_mb)
     if prefix == "stages_test":
         log_curves_by_blocks(logger, by_k)
     logger.log_metrics({
         f"{prefix}/table": table,
-        f"{prefix}/accuracy_vs_teacher_blocks": wandb.plot.line(
-            k_table, "teacher_blocks", "accuracy", stroke="order",
-            title="accuracy vs teacher blocks loaded"),
-        f"{prefix}/accuracy_vs_mb_loaded": wandb.plot.line(
-            mb_table, "mb_loaded", "accuracy", stroke="order",
-            title="accuracy vs MB of teacher weights loaded"),
+        f"{prefix}/{m}_vs_teacher_blocks": wandb.plot.line(
+            k_table, "teacher_blocks", m, stroke="order",
+            title=f"{metric.label} vs teacher blocks loaded"),
+        f"{prefix}/{m}_vs_mb_loaded": wandb.plot.line(
+            mb_table, "mb_loaded", m, stroke="order",
+            title=f"{metric.label} vs MB of teacher weights loaded"),
     }, step=step)
 
 
@@ -222,7 +241,7 @@ STEP_METRIC = "teacher_blocks_loaded"
 def log_curves_by_blocks(logger: WandbLogger, by_k: Sequence[Sequence[Any]]) -> None:
     """Logs the final curves as ``curves/<order>`` against the step metric teacher_blocks_loaded.
 
-    W&B's default line panels then draw accuracy vs blocks loaded, one series per order,
+    W&B's default line panels then draw the metric vs blocks loaded, one series per order,
     and overlay every run of a project or sweep without any dashboard work.
     """
     run = logger.experiment

@@ -1,4 +1,4 @@
-"""Stage evaluation: accuracy of every partial-teacher mask, sharing common prefixes.
+"""Stage evaluation: the metric of every partial-teacher mask, sharing common prefixes.
 
 Masks that start alike share their computation: the masks of an evaluation
 form a trie whose nodes are the distinct prefixes ``mask[:i+1]``; each node
@@ -7,7 +7,10 @@ and hands its output to its children. The prefix order ``TSSS -> TTTT`` of
 N=4 thus runs 14 blocks per batch instead of the 20 that five separate
 forwards would run.
 
-Results are rows of the **contract** ``stages.csv`` (``pwl.stages.files``).
+Each mask is scored by the task's metric (``pwl.stages.metrics``): accuracy for a
+classifier; bits per character and next-character accuracy for a language model,
+whose every position is a prediction. Results are rows of the **contract**
+``stages.csv`` (``pwl.stages.files``).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from pwl.hybrid import HybridNet
 from pwl.masks import bytes_loaded, parse_orders, teacher_blocks
 from pwl.stages.costs import mask_teacher_params, teacher_block_bytes
 from pwl.stages.files import StageResult, StageRow
+from pwl.stages.metrics import BPC, batch_scores, bits, metric_of
 
 
 class StageEvaluator:
-    """Accumulates per-mask accuracy and time over batches, sharing common prefixes.
+    """Accumulates per-mask scores and time over batches, sharing common prefixes.
 
     Args:
         hybrid: the model; put it in eval mode and disable grad before ``update``.
@@ -39,6 +43,7 @@ class StageEvaluator:
     def __init__(self, hybrid: HybridNet, orders: Any,
                  flip_pairs: Sequence[tuple[str, str]] = ()) -> None:
         self.hybrid = hybrid
+        self.metric = metric_of(hybrid)
         self.num_blocks = n = hybrid.num_blocks
         self.pairs = list(dict.fromkeys((order.name, mask) for order in parse_orders(orders, n)
                                         for mask in order.masks))
@@ -50,7 +55,7 @@ class StageEvaluator:
             raise ConfigError(f"flip_pairs name masks {unknown} that orders does not "
                               "evaluate; add them to orders")
         self._flip_masks = {m for pair in self.flip_pairs for m in pair}
-        # Per-image correctness of the current batch, for the masks of flip_pairs only.
+        # Per-prediction correctness of the current batch, for the masks of flip_pairs only.
         self._hits: dict[str, torch.Tensor] = {}
         # The trie: "" is the input; a node's children extend it by one block.
         self.children: dict[str, list[str]] = {}
@@ -63,6 +68,8 @@ class StageEvaluator:
         self.prefixes = [p for kids in self.children.values() for p in kids]
         device = next(hybrid.parameters()).device
         self.correct = torch.zeros(len(self.masks), dtype=torch.long, device=device)
+        # Cross-entropy summed over predictions, in nats (bits per character of an LM).
+        self.nll = torch.zeros(len(self.masks), dtype=torch.float64, device=device)
         self.flips = torch.zeros(len(self.flip_pairs), dtype=torch.long, device=device)
         self.total = 0
         self.batches = 0
@@ -85,7 +92,8 @@ class StageEvaluator:
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Evaluates every mask on one batch: images (B, C, H, W), labels (B,)."""
+        """Evaluates every mask on one batch: images (B, C, H, W) and labels (B,), or
+        tokens and next tokens (B, L)."""
         marks: dict[str, tuple[Any, Any]] = {}
         self._visit("", images, labels, marks)
         for j, (before, after) in enumerate(self.flip_pairs):
@@ -99,7 +107,7 @@ class StageEvaluator:
             self.node_ms[node] += ms
             if not self.batches:
                 self.first_node_ms[node] = ms
-        self.total += len(labels)
+        self.total += labels.numel()
         self.batches += 1
 
     def _visit(self, node: str, feature: torch.Tensor, labels: torch.Tensor,
@@ -114,26 +122,28 @@ class StageEvaluator:
             marks[child] = (start, self._mark())
             self.block_runs += 1
             if i == self.num_blocks - 1:
-                hits = x.argmax(dim=1) == labels
+                hits, nll = batch_scores(x, labels)
                 self.correct[self.mask_index[child]] += hits.sum()
+                self.nll[self.mask_index[child]] += nll
                 if child in self._flip_masks:
                     self._hits[child] = hits
             else:
                 self._visit(child, x, labels, marks)
 
     def counts(self) -> torch.Tensor:
-        """(M+P+3,) int64 on the model's device: correct per distinct mask, flips per
-        flip pair, then images, batches and block runs.
+        """(2M+P+3,) float64 on the model's device: correct per distinct mask, cross-entropy
+        (nats) per distinct mask, flips per flip pair, then predictions, batches and block
+        runs. The counts are integers, exact in float64 below 2**53.
 
-        Summing it over processes (DDP) and passing it to ``result`` gives exact accuracy.
+        Summing it over processes (DDP) and passing it to ``result`` gives exact scores.
         """
-        extra = torch.tensor([self.total, self.batches, self.block_runs], dtype=torch.long,
-                             device=self.correct.device)
-        return torch.cat([self.correct, self.flips, extra])
+        extra = torch.tensor([self.total, self.batches, self.block_runs],
+                             dtype=torch.float64, device=self.correct.device)
+        return torch.cat([self.correct.double(), self.nll, self.flips.double(), extra])
 
     @staticmethod
     def num_images(counts: torch.Tensor) -> int:
-        """The number of images in a ``counts`` vector."""
+        """The number of predictions (images, or tokens) in a ``counts`` vector."""
         return int(counts[-3])
 
     def mask_ms(self, mask: str) -> float:
@@ -150,26 +160,30 @@ class StageEvaluator:
         or from this process's own counts."""
         counts = (self.counts() if counts is None else counts).tolist()
         m = len(self.masks)
-        correct, flips, (total, batches, block_runs) = counts[:m], counts[m:-3], counts[-3:]
+        correct, nll, flips = counts[:m], counts[m:2 * m], [int(f) for f in counts[2 * m:-3]]
+        total, batches, block_runs = (int(c) for c in counts[-3:])
         if total == 0:
             raise DataError("stage evaluation saw no images; the evaluation split is empty")
         block_bytes = teacher_block_bytes(self.hybrid.teacher)
+        lm = self.metric == BPC
         rows = [StageRow(epoch=epoch, order=order, k=teacher_blocks(mask), mask=mask,
-                         accuracy=correct[self.mask_index[mask]] / total,
+                         accuracy=int(correct[self.mask_index[mask]]) / total,
                          teacher_params=mask_teacher_params(self.hybrid, mask),
                          bytes_loaded=bytes_loaded(mask, block_bytes),
-                         ms_per_batch=round(self.mask_ms(mask), 4))
+                         ms_per_batch=round(self.mask_ms(mask), 4),
+                         bpc=bits(nll[self.mask_index[mask]], total) if lm else None)
                 for order, mask in self.pairs]
         return StageResult(rows=rows, num_blocks=self.num_blocks, batches=batches,
                            samples=total, block_runs=block_runs,
                            naive_block_runs=batches * len(self.masks) * self.num_blocks,
-                           flips=dict(zip(self.flip_pairs, flips)))
+                           flips=dict(zip(self.flip_pairs, flips)), metric=self.metric.name)
 
 
 def evaluate_stages(hybrid: HybridNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     orders: Any, epoch: int = 0,
                     flip_pairs: Sequence[tuple[str, str]] = ()) -> StageResult:
-    """Evaluates ``orders`` on preprocessed batches (images (B, C, H, W), labels (B,)).
+    """Evaluates ``orders`` on preprocessed batches (images (B, C, H, W) and labels (B,), or
+    tokens and next tokens (B, L)).
 
     The hybrid is put in eval mode for the evaluation and restored afterwards;
     ``flip_pairs`` as in ``StageEvaluator``.

@@ -12,11 +12,17 @@ accuracy never enters: once it holds, loading is over. ``best_order`` finds the
 order of largest area exactly by dynamic programming over sets of loaded blocks
 (O(2^N * N)); ``area`` scores any order.
 
+The table may hold any stage metric (``pwl.stages.metrics``); ``best_order`` takes
+its direction, so a language model's plan has the least area under bits per
+character (lower is better).
+
 ``plan.csv`` (one writer and one reader here, ``write_plan`` and
 ``read_plan_rows``) holds the plan next to the orders it is compared with, one
 row per (order, step)::
 
-    order,step,mask,block,block_bytes,bytes_loaded,accuracy,mean_accuracy
+    order,step,mask,block,block_bytes,bytes_loaded,accuracy,mean_accuracy[,bpc,mean_bpc]
+
+A language model's plan adds ``bpc`` and ``mean_bpc``, the metric it was chosen on.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 from pwl.atomic import write_dataclass_csv
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import PLAN, LoadingOrder, bytes_loaded, validate_mask
+from pwl.stages.metrics import ACCURACY, BPC, StageMetric
 
 MAX_PLAN_BLOCKS = 20
 
@@ -54,9 +61,10 @@ def area(order: object, accuracy: Mapping[str, float], block_bytes: Sequence[int
     return total
 
 
-def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
-               ) -> tuple[LoadingOrder, float]:
-    """The loading order of largest ``area`` over the masks in ``accuracy``, exactly.
+def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int],
+               metric: StageMetric = ACCURACY) -> tuple[LoadingOrder, float]:
+    """The loading order of best ``area`` over the masks in ``accuracy``, exactly: the
+    largest, or the smallest for a metric where lower is better (bits per character).
 
     best[S] is the largest area of any order that has loaded the set S of blocks:
     best[S] = max over b in S of best[S - b] + accuracy(S - b) * bytes[b]. Masks
@@ -64,8 +72,9 @@ def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
     Ties go to the order that loads lower blocks first, so a flat table gives prefix.
 
     Args:
-        accuracy: accuracy per mask (a table of every mask, or of the masks to choose from).
+        accuracy: ``metric`` per mask (a table of every mask, or of the masks to choose from).
         block_bytes: bytes of each teacher block, block 0 first; N = its length <= 20.
+        metric: what the table holds; its direction decides the best area.
 
     Returns:
         (the ``plan`` order, from all-student to all-teacher, its area).
@@ -79,7 +88,7 @@ def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
     acc = np.full(size, np.nan)
     for mask, value in accuracy.items():
         validate_mask(mask, n)
-        acc[int(mask[::-1].replace("S", "0").replace("T", "1"), 2)] = float(value)
+        acc[int(mask[::-1].replace("S", "0").replace("T", "1"), 2)] = metric.score(float(value))
     weights = np.asarray(block_bytes, dtype=np.float64)
     best = np.full(size, -np.inf)
     best[0] = 0.0 if not np.isnan(acc[0]) else -np.inf
@@ -113,7 +122,8 @@ def best_order(accuracy: Mapping[str, float], block_bytes: Sequence[int]
         b = int(last[state])
         blocks.append(b)
         state ^= 1 << b
-    return LoadingOrder(PLAN, LoadingOrder.parse(blocks[::-1], n).masks), float(best[full])
+    return (LoadingOrder(PLAN, LoadingOrder.parse(blocks[::-1], n).masks),
+            metric.score(float(best[full])))
 
 
 @dataclass
@@ -122,7 +132,8 @@ class PlanRow:
 
     ``block`` is the teacher block added at this step (-1 at step 0), ``bytes_loaded``
     the teacher bytes loaded once it is in, ``mean_accuracy`` the order's area over
-    its total bytes (the same on each of its rows).
+    its total bytes (the same on each of its rows). ``bpc`` and ``mean_bpc`` likewise for a
+    language model (None for a classifier).
     """
 
     order: str
@@ -133,24 +144,45 @@ class PlanRow:
     bytes_loaded: int
     accuracy: float
     mean_accuracy: float
+    bpc: float | None = None
+    mean_bpc: float | None = None
+
+    def value(self, metric: StageMetric) -> float:
+        return self.bpc if metric == BPC else self.accuracy
+
+    def mean(self, metric: StageMetric) -> float:
+        return self.mean_bpc if metric == BPC else self.mean_accuracy
 
 
-PLAN_COLUMNS = tuple(f.name for f in fields(PlanRow))
+PLAN_COLUMNS = tuple(f.name for f in fields(PlanRow) if f.name not in ("bpc", "mean_bpc"))
+LM_PLAN_COLUMNS = (*PLAN_COLUMNS, "bpc", "mean_bpc")
+
+
+def plan_metric(rows: Sequence[PlanRow]) -> StageMetric:
+    """The metric a plan was chosen on: bits per character where its rows hold it."""
+    return BPC if any(r.bpc is not None for r in rows) else ACCURACY
 
 
 def plan_rows(order: LoadingOrder, accuracy: Mapping[str, float],
-              block_bytes: Sequence[int]) -> list[PlanRow]:
-    """The rows of one loading order (all-student first) for ``plan.csv``."""
+              block_bytes: Sequence[int],
+              bpc: Mapping[str, float] | None = None) -> list[PlanRow]:
+    """The rows of one loading order (all-student first) for ``plan.csv``; ``bpc`` per mask
+    for a language model."""
     mean = area(order, accuracy, block_bytes) / sum(block_bytes)
+    mean_bpc = area(order, bpc, block_bytes) / sum(block_bytes) if bpc is not None else None
     return [PlanRow(order.name, step, mask, block, block_bytes[block] if block >= 0 else 0,
                     bytes_loaded(mask, block_bytes), float(accuracy.get(mask, float("nan"))),
-                    mean)
+                    mean, float(bpc.get(mask, float("nan"))) if bpc is not None else None,
+                    mean_bpc)
             for step, (mask, block) in enumerate(zip(order.masks, [-1, *order.blocks]))]
 
 
 def write_plan(rows: Sequence[PlanRow], path: str | Path) -> Path:
     """Writes ``plan.csv`` (atomically)."""
-    return write_dataclass_csv(rows, PlanRow, path, PLAN_COLUMNS)
+    if plan_metric(rows) == BPC:
+        return write_dataclass_csv(rows, PlanRow, path, LM_PLAN_COLUMNS)
+    return write_dataclass_csv([PlanRow(**{k: getattr(r, k) for k in PLAN_COLUMNS})
+                                for r in rows], PlanRow, path, PLAN_COLUMNS)
 
 
 def read_plan_rows(path: str | Path) -> list[PlanRow]:
@@ -160,14 +192,16 @@ def read_plan_rows(path: str | Path) -> list[PlanRow]:
         CheckpointError: the file is missing or not a plan CSV (names it).
     """
     path = Path(path)
-    types = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in fields(PlanRow)}
+    types = {f.name: {"int": int, "float": float, "str": str, "float | None": float}[f.type]
+             for f in fields(PlanRow)}
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            if list(reader.fieldnames or []) != list(PLAN_COLUMNS):
+            columns = list(reader.fieldnames or [])
+            if columns not in (list(PLAN_COLUMNS), list(LM_PLAN_COLUMNS)):
                 raise CheckpointError(f"{path} is not a plan CSV (columns "
                                       f"{reader.fieldnames}); write it with pwl.plan")
-            return [PlanRow(**{k: types[k](r[k]) for k in PLAN_COLUMNS}) for r in reader]
+            return [PlanRow(**{k: types[k](r[k]) for k in columns}) for r in reader]
     except OSError as e:
         raise CheckpointError(f"cannot read the loading plan {path}: {e}; run pwl.plan "
                               "first") from None
@@ -191,28 +225,30 @@ def read_plan(path: str | Path, order: str = PLAN) -> LoadingOrder:
 
 
 def plot_plan(rows: Sequence[PlanRow], path: str | Path, title: str = "") -> Path:
-    """Accuracy vs MB loaded, one step line per order, the plan drawn thick.
+    """The plan's metric (accuracy, or bits per character) vs MB loaded, one step line per
+    order, the plan drawn thick.
 
-    Each order holds its accuracy while the next block arrives, so its line is a
+    Each order holds its metric while the next block arrives, so its line is a
     staircase; the areas under the lines are the orders' scores.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend state, no display
 
     path = Path(path)
+    metric = plan_metric(rows)
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     for order in dict.fromkeys(r.order for r in rows):
         steps = [r for r in rows if r.order == order]
         mb = [r.bytes_loaded / 1e6 for r in steps]
-        acc = [r.accuracy for r in steps]
+        values = [r.value(metric) for r in steps]
         is_plan = order == PLAN
-        ax.step(mb, acc, where="post", marker="o", markersize=3 if not is_plan else 5,
+        ax.step(mb, values, where="post", marker="o", markersize=3 if not is_plan else 5,
                 linewidth=2.5 if is_plan else 1, zorder=3 if is_plan else 2,
-                label=f"{order} (mean {steps[0].mean_accuracy:.4f}): "
+                label=f"{order} (mean {steps[0].mean(metric):.4f}): "
                       + " ".join(str(r.block) for r in steps[1:]))
     ax.set_xlabel("teacher MB loaded")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "loading orders: accuracy while loading")
+    ax.set_ylabel(metric.label)
+    ax.set_title(title or f"loading orders: {metric.label} while loading")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
