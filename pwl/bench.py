@@ -3,6 +3,7 @@
     python -m pwl.bench                          # random-weight ViT-B/16 pair, 224 px, N=4
     python -m pwl.bench bundle=<dir>             # and a trained bundle
     python -m pwl.bench random_pair=false bundle=<dir> bandwidths=[null,20MB]
+    python -m pwl.bench random_pair=false bundle=http://host/path/bundle/
 
 For every target and read rate it measures, each variant in a fresh process
 (``pwl.bench_worker``): (a) the whole teacher from one safetensors file,
@@ -12,7 +13,10 @@ Times to first answer and peak memory are given as ratios to (a), beside the
 bytes ratio (bytes read before the first answer over the teacher file's), the
 floor a loader could reach; the bundle's first answer is also given over (c),
 the start-up cost of PWL itself. The bundle also checks the sha256 of every
-file it reads; the other variants do not.
+file it reads; the other variants do not. A bundle given by URL is first copied
+(checked) into the work directory and measured from there, and (e) opened from
+its URL is measured beside it: ``bundle_ratio`` and ``bundle_full_ratio`` give its
+first answer and its all-teacher answer over the local bundle's, paired by round.
 
 The accuracy-over-time half (each dtype, each order) is a research script:
 ``experiments/curves.py``. ``bench.csv`` and ``bench.json`` go to the run directory.
@@ -49,14 +53,22 @@ from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as
 from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
 from pwl.hybrid import HybridNet
-from pwl.runtime.bundle import STUDENT_FILE, module_tensors, read_manifest, write_bundle
+from pwl.runtime.bundle import (
+    STUDENT_FILE,
+    copy_bundle,
+    module_tensors,
+    read_manifest,
+    write_bundle,
+)
 from pwl.runtime.materialise import load_bundle_hybrid
+from pwl.runtime.sources import is_url
 from pwl.schemas import check_app_config
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
            "first_answer_ratio", "student_ratio", "student_ratio_low",
            "student_ratio_high", "peak_mb", "peak_ratio", "full_answer_s",
-           "full_peak_mb", "same_logits")
+           "full_peak_mb", "same_logits", "bundle_ratio", "bundle_full_ratio",
+           "first_requests", "first_bytes_received")
 STUDENT_ALONE = "student_safetensors"
 
 
@@ -71,13 +83,19 @@ class Target:
     ckpt_file: Path
     student_file: Path
     model_cfg: dict[str, Any]
+    url: str | None = None  # where the same bundle is served
 
-    def path(self, variant: str) -> Path:
+    @property
+    def variants(self) -> list[str]:
+        return [v for v in VARIANTS if v != "bundle_url" or self.url is not None]
+
+    def path(self, variant: str) -> Path | str:
         return {"teacher_safetensors": self.teacher_file, "teacher_ckpt": self.ckpt_file,
-                STUDENT_ALONE: self.student_file, "bundle": self.bundle}[variant]
+                STUDENT_ALONE: self.student_file, "bundle": self.bundle,
+                "bundle_url": self.url}[variant]
 
     def files(self, variant: str) -> list[Path]:
-        path = self.path(variant)
+        path = self.bundle if variant == "bundle_url" else self.path(variant)
         return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
@@ -100,12 +118,16 @@ def write_reference_files(hybrid: HybridNet, model_cfg: Mapping[str, Any], out_d
     return st_path, ckpt_path, student_path
 
 
-def bundle_target(bundle: Path, workdir: Path) -> Target:
+def bundle_target(bundle: Path | str, workdir: Path) -> Target:
     """A target from an exported bundle; its teacher and its student are also written
-    whole into ``workdir``."""
+    whole into ``workdir``. A bundle URL is copied (checked) into ``workdir`` first."""
+    url = bundle if is_url(bundle) else None
+    if url is not None:
+        bundle = workdir / "bundle"
+        copy_bundle(url, bundle)
     hybrid, model_cfg = load_bundle_hybrid(bundle)
-    return Target(bundle.name or str(bundle), bundle,
-                  *write_reference_files(hybrid, model_cfg, workdir), model_cfg)
+    return Target(url or bundle.name or str(bundle), bundle,
+                  *write_reference_files(hybrid, model_cfg, workdir), model_cfg, url)
 
 
 def random_pair_cfg(pair: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,12 +223,13 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
     first_bytes = {"teacher_safetensors": teacher_bytes,
                    "teacher_ckpt": target.ckpt_file.stat().st_size,
                    STUDENT_ALONE: target.student_file.stat().st_size,
-                   "bundle": manifest.files[STUDENT_FILE].bytes}
+                   "bundle": manifest.files[STUDENT_FILE].bytes,
+                   "bundle_url": manifest.files[STUDENT_FILE].bytes}
     # Variants alternate within each round, so a drift of the machine over the minutes
     # a target takes hits every variant alike instead of whichever ran last.
-    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in target.variants}
     for _ in range(repeats):
-        for variant in VARIANTS:
+        for variant in target.variants:
             if cold:
                 evict(target.files(variant))
             runs[variant].append(run_variant({
@@ -240,6 +263,13 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
             "same_logits": (r["logits"] == results["bundle"]["logits"]
                             if variant == STUDENT_ALONE
                             else r["full_logits"] == ref["full_logits"]),
+            "bundle_ratio": paired_ratio([run["first_answer_s"] for run in runs[variant]],
+                                         [run["first_answer_s"] for run in runs["bundle"]])[0],
+            "bundle_full_ratio": paired_ratio(
+                [run["full_answer_s"] for run in runs[variant]],
+                [run["full_answer_s"] for run in runs["bundle"]])[0],
+            "first_requests": r.get("first_requests"),
+            "first_bytes_received": r.get("first_bytes_received"),
         })
     return rows
 
@@ -252,7 +282,8 @@ def results_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="time to first answer and peak memory; x: ratio to teacher_safetensors, "
                   "x student: to the student alone")
     for name in ("target", "bandwidth", "variant", "read", "bytes x", "first answer", "x",
-                 "x student", "peak MB", "x", "all-T answer", "all-T peak MB", "same"):
+                 "x student", "peak MB", "x", "all-T answer", "all-T peak MB", "same",
+                 "x local (first, all-T)"):
         table.add_column(name, justify="left" if name in ("target", "variant") else "right")
     for r in rows:
         table.add_row(r["target"], r["bandwidth"], r["variant"], human_bytes(r["bytes_read"]),
@@ -260,7 +291,9 @@ def results_table(rows: Sequence[dict[str, Any]]) -> Table:
                       f"{r['first_answer_ratio']:.3f}", student_ratio_cell(r),
                       f"{r['peak_mb']:.1f}",
                       f"{r['peak_ratio']:.3f}", f"{r['full_answer_s']:.3f} s",
-                      f"{r['full_peak_mb']:.1f}", "yes" if r["same_logits"] else "[red]NO[/red]")
+                      f"{r['full_peak_mb']:.1f}", "yes" if r["same_logits"] else "[red]NO[/red]",
+                      f"{r['bundle_ratio']:.3f}, {r['bundle_full_ratio']:.3f}"
+                      if r["variant"] == "bundle_url" else "")
     return table
 
 
@@ -304,8 +337,10 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="pwl-bench-", dir=workdir) as tmp:
         targets = []
         if cfg.bundle:
-            bundle = Path(to_absolute_path(cfg.bundle))
-            console.print(f"writing the teacher and the student of {bundle} as whole files ...")
+            bundle = cfg.bundle if is_url(cfg.bundle) else Path(to_absolute_path(cfg.bundle))
+            console.print(f"writing the teacher and the student of {bundle} as whole files "
+                          + ("(the bundle copied from its URL first) ..." if is_url(bundle)
+                             else "..."))
             targets.append(bundle_target(bundle, Path(tmp) / "bundle-target"))
         if cfg.random_pair:
             console.print("building and writing the random-weight pair ...")

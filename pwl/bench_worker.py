@@ -15,6 +15,8 @@ Variants:
     bundle: ``ProgressiveModel.open`` of a bundle, the student answering first;
         with ``full`` it then loads every teacher block (in ``order``, the bundle's
         own by default) and answers again, and returns the load's events.
+    bundle_url: the same, the bundle opened from its URL (``path`` is the URL); also
+        returns the requests made and bytes received before the first answer.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from pwl.runtime.materialise import assign, build_on_meta
 from pwl.runtime.progressive import ProgressiveModel
 from pwl.runtime.storage import Pacer, read_file
 
-VARIANTS = ("teacher_safetensors", "teacher_ckpt", "student_safetensors", "bundle")
+VARIANTS = ("teacher_safetensors", "teacher_ckpt", "student_safetensors", "bundle", "bundle_url")
+BUNDLES = ("bundle", "bundle_url")
 CKPT_PREFIX = "net."
 
 
@@ -121,16 +124,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     check_saved_model_cfg(model_cfg, "spec.model_cfg")
     rate = parse_bandwidth(spec.get("bandwidth"))
     mmap = bool(spec.get("mmap", False))
-    path = Path(spec["path"])
+    path = spec["path"] if variant == "bundle_url" else Path(spec["path"])
     x = torch.randn(1, *model_cfg["input_shape"],
                     generator=torch.Generator().manual_seed(spec.get("seed", 0)))
     torch.set_grad_enabled(False)
     reset_peak()
     baseline = memory_status().get("VmRSS", 0)
     began = time.perf_counter()
-    if variant == "bundle":
+    if variant in BUNDLES:
         model = ProgressiveModel.open(path, bandwidth=rate, mmap=mmap)
         logits = model.predict(x)
+        first_requests = getattr(model.source, "requests", None)
+        first_bytes = getattr(model.source, "bytes", None)
     elif variant == "teacher_ckpt":
         logits = load_teacher_ckpt(path, model_cfg, Pacer(rate), mmap)(x)
     else:
@@ -142,7 +147,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
               "logits": logits_digest(logits), "full_answer_s": first}
     result["full_peak_bytes"] = result["peak_bytes"]
     result["full_logits"] = result["logits"]
-    if variant == "bundle" and spec.get("full", True):
+    if variant == "bundle_url":
+        result.update(first_requests=first_requests, first_bytes_received=first_bytes)
+    if variant in BUNDLES and spec.get("full", True):
         model.start_loading(spec.get("order"))
         model.wait()
         logits = model.predict(x)

@@ -1,4 +1,5 @@
-"""Any trained artefact back as a HybridNet: a distill run dir, a Lightning ``.ckpt`` or a bundle.
+"""Any trained artefact back as a HybridNet: a distill run dir, a Lightning ``.ckpt`` or a bundle
+(a directory or a URL).
 
 Used by the entry points that take ``checkpoint=`` (evaluate, export, plan).
 Lightning ``.ckpt`` files carry the model config in their hyper-parameters.
@@ -21,13 +22,17 @@ from pwl.errors import CheckpointError, ConfigError
 from pwl.hybrid import HybridNet
 from pwl.runtime.bundle import MANIFEST, is_bundle, read_manifest
 from pwl.runtime.materialise import load_bundle_hybrid
+from pwl.runtime.sources import is_url
 from pwl.weights import HYBRID_FILE, MODEL_YAML, load_weights, read_model_cfg
 
 RUN_CONFIG = ".hydra/config.yaml"
 
 
 def load_hybrid(path: str | Path) -> tuple[HybridNet, dict[str, Any]]:
-    """A trained HybridNet and its model config from a distill run dir, file or checkpoint."""
+    """A trained HybridNet and its model config from a distill run dir, file, checkpoint or
+    bundle (a directory or a URL, every file checked against its manifest)."""
+    if is_url(path):
+        return load_bundle_hybrid(path)
     path = Path(path)
     if is_bundle(path):
         return load_bundle_hybrid(path)
@@ -57,17 +62,21 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 
 
 def saved_data_cfg(checkpoint: str | Path, *, fix: str
-                   ) -> tuple[dict[str, Any] | None, Path | None]:
+                   ) -> tuple[dict[str, Any] | None, Path | str | None]:
     """The data config a model was trained with, and the file holding it, if the run saved one.
 
     Args:
-        checkpoint: a run directory, a file in it (weights, ``.ckpt``) or a bundle directory.
+        checkpoint: a run directory, a file in it (weights, ``.ckpt``) or a bundle (a
+            directory or a URL).
         fix: how to do without the saved config; ends the error when it does not resolve.
 
     Returns:
         the resolved ``data`` section of the bundle manifest or of ``<run>/.hydra/config.yaml``
         and that file's path; ``(None, None)`` when there is none.
     """
+    if is_url(checkpoint):
+        data = read_manifest(checkpoint).data
+        return (data, f"{checkpoint.rstrip('/')}/{MANIFEST}") if data else (None, None)
     run = run_dir_of(checkpoint)
     if is_bundle(run):
         data = read_manifest(run).data

@@ -1,6 +1,7 @@
 """Serve a bundle: answer test images from the student at once while teacher blocks load.
 
     python -m pwl.serve bundle=<dir> [bandwidth=20MB] [mmap=true] [data=fashion_mnist]
+    python -m pwl.serve bundle=https://host/path/bundle/ [cache_dir=true]
 
 Test images stream through ``ProgressiveModel`` batch by batch from the moment
 it opens; loading starts at once in the background. A live display shows the
@@ -45,6 +46,7 @@ from pwl.errors import ConfigError
 from pwl.runtime.bundle import MANIFEST, Manifest, read_manifest
 from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.progressive import LoadEvent, ProgressiveModel
+from pwl.runtime.sources import Source, is_url, open_source, url_options
 from pwl.schemas import check_app_config
 from pwl.stages.curves import consecutive_pairs, load_curve
 from pwl.stages.measure import evaluate_on_split
@@ -186,13 +188,13 @@ def summary_table(rows: list[dict[str, Any]], events: list[LoadEvent],
 def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     """Streams the data split through the bundle while it loads; returns the timeline."""
     check_app_config(cfg, "serve")
-    bundle = Path(to_absolute_path(cfg.bundle))
-    manifest = read_manifest(bundle)
+    bundle = cfg.bundle if is_url(cfg.bundle) else Path(to_absolute_path(cfg.bundle))
+    manifest = read_manifest(open_source(bundle, **url_options(cfg)))
     data_cfg, source = cfg.get("data"), None
     if data_cfg is not None:
         data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
     else:
-        data_cfg, source = manifest.data, bundle / MANIFEST
+        data_cfg, source = manifest.data, f"{str(bundle).rstrip('/')}/{MANIFEST}"
     if data_cfg is None:
         raise ConfigError("the bundle stores no data config; pass one with data=<name> "
                           "(e.g. data=fashion_mnist)")
@@ -212,7 +214,7 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     console = make_console()
 
     model = ProgressiveModel.open(bundle, bandwidth=cfg.bandwidth, mmap=cfg.mmap,
-                                  device=cfg.device)
+                                  device=cfg.device, **url_options(cfg))
     with model:
         model.start_loading(order)
         live = (Live(live_view(model, None), console=console, refresh_per_second=4)
@@ -233,7 +235,7 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
                   f"at {events[-1].t:.2f} s; outputs in {out}")
     if model.error is not None:
         raise model.error
-    flips = (swap_flips(bundle, model.loading_order or [model.mask], dm, cfg.split)
+    flips = (swap_flips(model.source, model.loading_order or [model.mask], dm, cfg.split)
              if cfg.get("monotonicity", True) else None)
     report = curve_report(events, stage_accuracy, rows[0]["t"], manifest,
                           parse_bandwidth(cfg.bandwidth), flips)
@@ -250,8 +252,9 @@ def fp32_teacher_bytes(manifest: Manifest) -> int:
     return 4 * int(manifest.params["teacher"])
 
 
-def swap_flips(bundle: Path, masks: list[str], dm: Any, split: str) -> list[float]:
-    """Per swap of ``masks``, the share of ``split``'s images it turns from right to wrong."""
+def swap_flips(bundle: Path | Source, masks: list[str], dm: Any, split: str) -> list[float]:
+    """Per swap of ``masks``, the share of ``split``'s images it turns from right to wrong
+    (a URL's files are fetched again unless its cache holds them)."""
     hybrid, _ = load_bundle_hybrid(bundle)
     pairs = consecutive_pairs(masks)
     result = evaluate_on_split(hybrid, dm, split, masks, flip_pairs=pairs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -24,7 +25,7 @@ import torch
 
 from pwl.errors import CheckpointError
 from pwl.runtime import ProgressiveModel, load_bundle_hybrid, read_manifest, verify
-from tests.conftest import export_tiny
+from tests.conftest import export_tiny, run_module
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)),
                                       None)
@@ -343,3 +344,59 @@ def test_unusable_urls_fail_in_one_line_naming_the_url():
         with pytest.raises(CheckpointError) as e:
             ProgressiveModel.open(url, retries=0, timeout=1)
         assert says in str(e.value) and "\n" not in str(e.value), url
+
+
+# --- the entry points ----------------------------------------------------------------------
+
+
+def test_serve_streams_a_bundle_from_its_url(nginx, tmp_path):
+    out = tmp_path / "serve"
+    proc = run_module("pwl.serve", f"bundle={nginx}/bundle/", f"hydra.run.dir={out}",
+                      f"cache_dir={tmp_path / 'cache'}", "batch_size=32", "tail_batches=2",
+                      "live=false", "monotonicity=false")
+    assert proc.returncode == 0, proc.stderr
+    events = json.loads((out / "events.json").read_text())
+    assert [e["mask"] for e in events] == ["SSSS", "TSSS", "TTSS", "TTTS", "TTTT"]
+    assert len(list((tmp_path / "cache").rglob("*/*/*"))) == 6  # the student, adapters, 4 blocks
+
+
+def test_serve_names_an_unreachable_url_in_one_line(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/bundle/"
+    proc = run_module("pwl.serve", f"bundle={url}", f"hydra.run.dir={tmp_path}", "retries=0")
+    assert proc.returncode == 2
+    assert url in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bench_copies_a_url_and_measures_it_beside_the_copy(site, nginx, tmp_path):
+    from pwl.bench import bundle_target, run_variant
+
+    root, _ = site
+    target = bundle_target(f"{nginx}/bundle/", tmp_path / "whole")
+    assert target.variants[-2:] == ["bundle", "bundle_url"]
+    for rel in ("manifest.json", "teacher/block_3.safetensors"):
+        assert (target.bundle / rel).read_bytes() == (root / "bundle" / rel).read_bytes()
+    result = run_variant({"variant": "bundle_url", "path": target.url,
+                          "model_cfg": target.model_cfg, "bandwidth": None, "full": True})
+    assert result["final_mask"] == "TTTT"
+    assert result["first_requests"] == 2  # the manifest and the student
+    assert result["first_bytes_received"] == (root / "bundle" / "student.safetensors").stat(
+        ).st_size + (root / "bundle" / "manifest.json").stat().st_size
+
+
+def test_evaluate_takes_a_bundle_url(nginx, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from pwl.evaluate import evaluate
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"checkpoint={nginx}/bundle/", "orders=[prefix]",
+                                             f"out={tmp_path}", "limit_batches=1"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        result = evaluate(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert result.samples > 0 and (tmp_path / "stages.csv").is_file()

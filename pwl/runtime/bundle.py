@@ -485,7 +485,32 @@ def write_bundle(hybrid: HybridNet, model_cfg: Mapping[str, Any], out_dir: str |
     return manifest
 
 
+def copy_bundle(bundle: str | Path | Source, out_dir: str | Path) -> Manifest:
+    """Copies a bundle (a directory or a URL) to ``out_dir``, every file checked against its
+    manifest first; ``out_dir`` is replaced whole or left as it was, as by ``write_bundle``."""
+    source = open_source(bundle)
+    manifest = read_manifest(source)
+    text = source.read_small(MANIFEST, MAX_MANIFEST_BYTES)
+    try:
+        same = parse_manifest(json.loads(text.decode("utf-8")), MANIFEST)[0] == manifest
+    except ValueError:  # not UTF-8 or not JSON any more
+        same = False
+    if not same:
+        raise CheckpointError(f"{source.where(MANIFEST)} changed while it was read; copy the "
+                              "bundle again once its upload has finished")
+    final, out = Path(out_dir), _staging_dir(Path(out_dir))
+    try:
+        for rel in sorted(manifest.files):
+            atomic_write_bytes(out / rel, source.read(rel, manifest.entry(rel)))
+        atomic_write_bytes(out / MANIFEST, text)
+        _publish(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return manifest
+
+
 __all__ = ["ADAPTERS_FILE", "DTYPES", "FORMAT_VERSION", "MANIFEST", "SIDE_FILES", "STUDENT_FILE",
-           "FileSchema", "Manifest", "StageRecord", "is_bundle", "module_tensors",
+           "FileSchema", "copy_bundle", "Manifest", "StageRecord", "is_bundle", "module_tensors",
            "read_manifest", "stored_blocks", "teacher_block_file", "unit_tensors",
            "write_bundle"]

@@ -453,5 +453,19 @@ def open_source(bundle: str | Path | Source, *, cache_dir: str | Path | bool | N
         return URLSource(bundle, cache=cache, **url_options)
     return LocalSource(Path(bundle).expanduser())
 
+_URL_KEYS = ("cache_dir", "timeout", "deadline", "retries", "ca_bundle")
+
+
+def url_options(cfg: Any) -> dict[str, Any]:
+    """``ProgressiveModel.open``'s URL arguments from an entry point's config: its keys
+    ``cache_dir``, ``timeout``, ``deadline``, ``retries`` and ``ca_bundle`` where present
+    (a null timeout or retries: the default)."""
+    options = {key: cfg[key] for key in _URL_KEYS if key in cfg}
+    for key in ("timeout", "retries"):
+        if options.get(key) is None:
+            options.pop(key, None)
+    return options
+
+
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "Cache", "LocalSource",
-           "MissingFile", "Source", "URLSource", "default_cache_dir", "is_url", "open_source"]
+           "MissingFile", "Source", "URLSource", "default_cache_dir", "is_url", "open_source", "url_options"]
