@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data test stress lint reproduce reproduce-seeds reproduce-all plans sweep-losses reproduce-cifar10 \
+.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all plans sweep-losses reproduce-cifar10 \
         reproduce-cifar100 bench-train bench-load serve docs
 
 help: ## List the targets
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) data ## Create .venv with pwl and its dev tools, and install Fashion-MNIST
+install: $(STAMP) data nginx ## Create .venv with pwl and its dev tools, and install Fashion-MNIST and nginx
 
 data: ## Install Debian's dataset-fashion-mnist where apt and root are available
 	@if [ -f "$(FMNIST_FILE)" ]; then \
@@ -40,6 +40,18 @@ data: ## Install Debian's dataset-fashion-mnist where apt and root are available
 	  echo "  - on Debian/Ubuntu: sudo apt-get update && sudo apt-get install dataset-fashion-mnist"; \
 	  echo "  - with internet: the data module downloads it into data/ (data.download=true)"; \
 	  echo "  - or copy the four idx .gz files somewhere and pass data.root=<dir>"; \
+	fi
+
+nginx: ## Install Debian's nginx-light (the web server of the HTTP tests) where apt and root are available
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then \
+	  echo "nginx: $$(command -v nginx || echo /usr/sbin/nginx)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
+	else \
+	  echo "nginx is not installed and apt is not usable here: the tests that need it skip."; \
+	  echo "  - on Debian/Ubuntu: sudo apt-get install nginx-light (any nginx on PATH works)"; \
 	fi
 
 test: install ## Run the test suite (CPU, a few minutes; TEST_WORKERS=2 processes, 1 thread each)
