@@ -10,10 +10,11 @@ BANDWIDTH ?=
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+OVERRIDES ?=              # Hydra overrides for every reproduce run; the seeds tables used trainer.precision=32-true channels_last=false
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all plans sweep-losses reproduce-cifar10 \
+.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all record plans sweep-losses reproduce-cifar10 \
         reproduce-cifar100 bench-train bench-load serve docs
 
 help: ## List the targets
@@ -67,18 +68,24 @@ docs: $(STAMP) ## Build the user guide (docs/, mkdocs-material) into site/; work
 lint: $(STAMP) ## Check the code with ruff
 	$(PY) -m ruff check pwl tests experiments
 
-reproduce: install ## Default experiment end to end on Fashion-MNIST (teacher, PWL, KD baseline, stages, bundle, report)
-	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl kd
+reproduce: install ## Default experiment end to end (teacher, PWL, KD, stages, bundle, report under runs/), compared with the record
+	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl kd -- $(OVERRIDES)
 
-reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS seeds; mean, std and 95% intervals
+reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS seeds (OVERRIDES=, e.g. the records' fp32); compared with the record
 	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl paper kd \
-	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) --results experiments/results/$(EXPERIMENT)_seeds \
-	  --runs runs/reproduce/$(EXPERIMENT)_seeds
+	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) --runs runs/reproduce/$(EXPERIMENT)_seeds \
+	  --record experiments/results/$(EXPERIMENT)_seeds -- $(OVERRIDES)
 
-reproduce-all: install ## reproduce (pwl, paper, kd) and plans for the three families (ResNet, VGG, ViT) on Fashion-MNIST
+reproduce-all: install ## reproduce (pwl, paper, kd; SEEDS seeds) and plans for the three families on Fashion-MNIST (OVERRIDES= as above)
 	for e in fmnist_resnet_narrow fmnist_vgg fmnist_vit; do \
-	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd && \
+	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd \
+	    --seeds $$(seq 0 $$(($(SEEDS) - 1))) -- $(OVERRIDES) && \
 	  $(PY) experiments/plans.py --experiment $$e || exit 1; done
+
+record: ## Write a finished reproduce run's report into the tracked record: RUN=runs/reproduce/<name> RECORD=experiments/results/<name>
+	@test -f "$(RUN)/report/provenance.json" || { echo "RUN=$(RUN) has no finished report (make reproduce first)"; exit 2; }
+	@test -n "$(RECORD)" || { echo "RECORD=experiments/results/<name> is not set"; exit 2; }
+	mkdir -p $(RECORD) && cp $(RUN)/report/* $(RECORD)/
 
 plans: install ## All-mask table, loading plan and fp32/fp16/int8 bundles of EXPERIMENT's reproduce run
 	$(PY) experiments/plans.py --experiment $(EXPERIMENT)

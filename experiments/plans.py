@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import invocation, write_provenance
 from reproduce import ROOT, portable, step
 
 from pwl.cli import human_bytes
@@ -125,27 +126,24 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m"]
     log: list[dict] = []
-    previous = results / "plans.json"
-    earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
-               if s["seconds"] is not None} if previous.is_file() and not args.force else {}
     ledger = runs / "steps.json"
 
     step("plan", [*py, "pwl.plan", f"checkpoint={run}", f"out={results}"],
-         results / "plan.csv", log, args.force, earlier, ledger)
+         results / "plan.csv", log, args.force, ledger)
     bundles = {}
     for dtype in args.dtypes:
         bundles[dtype] = runs / f"bundle_{dtype}"
         step(f"export {dtype}", [*py, "pwl.export", f"checkpoint={run}", f"out={bundles[dtype]}",
                                  f"loading_order={results / 'plan.csv'}", f"dtype={dtype}",
                                  "stages_split=test"],
-             bundles[dtype] / "manifest.json", log, args.force, earlier, ledger)
+             bundles[dtype] / "manifest.json", log, args.force, ledger)
     reference = bundles[args.dtypes[0]]
     rate = round(sum(bundle_bytes(reference)) / args.load_seconds)
     step("curves", [sys.executable, str(ROOT / "experiments" / "curves.py"),
                     f"--bundle={reference}", f"--bandwidth={rate}", f"--threads={args.threads}",
                     "--orders", "plan", "prefix", "suffix", "--dtypes", *args.dtypes,
                     f"--out={results / 'bench'}"],
-         results / "bench" / "curves.csv", log, args.force, earlier, ledger)
+         results / "bench" / "curves.csv", log, args.force, ledger)
 
     summary = {"experiment": exp, "run": portable([str(run)]), "bandwidth_bytes_per_s": rate,
                "load_seconds": args.load_seconds, "steps": log}
@@ -169,6 +167,7 @@ def main() -> None:
         minutes = "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
         lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
     (results / "README.md").write_text("\n".join(lines) + "\n")
+    write_provenance(results, invocation(), log)
     print(f"report in {results}")
 
 

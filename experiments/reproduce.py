@@ -17,13 +17,17 @@ and not another start of torch, Lightning and Hydra.
 Model selection uses the validation split only: checkpoints are chosen on it,
 and the quality checks (the experiment config's ``checks``) are read on it. The
 test split is read once per run, by the final evaluation. The results directory
-receives the report, ``reproduce.json`` (commands, wall times, checks) and
-``README.md``.
+(``<runs>/report`` unless ``--results`` names one: a reproduction never rewrites the
+tracked record by itself) receives the report, ``reproduce.json`` (commands, wall
+times, checks), ``provenance.json`` and ``README.md``; the run ends with its numbers
+beside the recorded ones (``--record``, default ``experiments/results/<experiment>``)
+and a one-line verdict. ``make record`` writes a run into the record.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
 import platform
@@ -37,6 +41,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
+from provenance import invocation, training_precision, write_provenance
 
 from pwl.atomic import atomic_write_text
 from pwl.cli import CONF_DIR, user_errors_as_one_line
@@ -60,9 +65,12 @@ def portable(cmd: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def read_ledger(ledger: Path) -> dict[str, float]:
-    """Wall seconds by step name of the steps that finished in ``ledger``'s runs directory."""
-    return json.loads(ledger.read_text()) if ledger.is_file() else {}
+def read_ledger(ledger: Path) -> dict[str, dict]:
+    """``{"seconds", "command"}`` by step name of the steps that finished in ``ledger``'s runs
+    directory, as the invocation that ran each measured it (older ledgers kept seconds only)."""
+    entries = json.loads(ledger.read_text()) if ledger.is_file() else {}
+    return {name: e if isinstance(e, dict) else {"seconds": e, "command": None}
+            for name, e in entries.items()}
 
 
 def run_in_process(cmd: list[str]) -> int:
@@ -104,20 +112,22 @@ def run_in_process(cmd: list[str]) -> int:
 
 
 def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
-         earlier: dict[str, float], ledger: Path | None = None,
-         in_process: bool = False) -> None:
-    """Runs one step unless its output exists; a skipped step keeps its earlier wall time.
+         ledger: Path | None = None, in_process: bool = False) -> None:
+    """Runs one step unless its output exists.
 
-    A finished step's time also goes to ``ledger`` (``steps.json`` in the runs
-    directory) at once, so an invocation that is stopped before its report still
-    hands its times to the one that resumes it. ``in_process``: ``cmd`` is
-    ``python -m <module of IN_PROCESS> ...``, run here by ``run_in_process``.
+    A finished step's time and command go to ``ledger`` (``steps.json`` in the runs
+    directory) at once, so an invocation that is stopped before its report still hands
+    them to the one that resumes it. A skipped step is logged with what the ledger
+    recorded when it ran (the command that ran, not today's; null where nothing was
+    recorded). ``in_process``: ``cmd`` is ``python -m <module of IN_PROCESS> ...``, run
+    here by ``run_in_process``.
     """
     shown = portable(cmd)
     if done.exists() and not force:
         print(f"[{name}] done before ({done}); skipping", flush=True)
-        seconds = earlier.get(name, read_ledger(ledger).get(name) if ledger else None)
-        log.append({"step": name, "command": shown, "seconds": seconds, "skipped": True})
+        entry = (read_ledger(ledger) if ledger else {}).get(name, {})
+        log.append({"step": name, "command": entry.get("command"),
+                    "seconds": entry.get("seconds"), "skipped": True})
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
@@ -128,8 +138,8 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
         sys.exit(f"[{name}] failed with exit code {code}; fix it and run again "
                  "(finished steps are kept)")
     if ledger is not None:
-        atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: round(seconds, 1)},
-                                             indent=2))
+        entry = {"seconds": round(seconds, 1), "command": shown}
+        atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: entry}, indent=2))
     print(f"[{name}] {seconds / 60:.1f} min", flush=True)
 
 
@@ -185,6 +195,41 @@ def checks(pwl: Mapping[tuple[str, str], float], kd: Mapping[tuple[str, str], fl
     return out
 
 
+def read_summary(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    with path.open(newline="") as f:
+        return {(r["column"], r["order"], r["stage"]): r for r in csv.DictReader(f)}
+
+
+def compare_with_record(summary: Path, recorded: Path) -> str:
+    """This run's test accuracies beside the recorded ones, and a one-line verdict.
+
+    A value agrees with the record when it lies inside the recorded 95% interval over
+    seeds, or, where the record has one seed, within 1 point of it.
+    """
+    mine, theirs = read_summary(summary), read_summary(recorded)
+    shown = recorded.relative_to(ROOT) if recorded.is_relative_to(ROOT) else recorded
+    lines = ["", f"this run against the record ({shown}):",
+             f"  {'column':<26} {'stage':<10} {'this run':>9} {'recorded [95% interval]':>30}"]
+    outside = compared = 0
+    for key, row in mine.items():
+        if key not in theirs:
+            continue
+        ref, value = theirs[key], float(row["mean"])
+        low, high = float(ref["ci95_low"]), float(ref["ci95_high"])
+        if low != low:  # NaN: one recorded seed
+            low, high = float(ref["mean"]) - 0.01, float(ref["mean"]) + 0.01
+        inside = low <= value <= high
+        compared += 1
+        outside += not inside
+        lines.append(f"  {key[0]:<26} {key[2]:<10} {100 * value:9.2f} "
+                     f"{100 * float(ref['mean']):9.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+                     f"{'' if inside else '  <- outside'}")
+    verdict = ("no stage in common with the record" if not compared else
+               f"verdict: all {compared} stages agree with the record" if not outside else
+               f"verdict: {outside} of {compared} stages fall outside the record")
+    return "\n".join([*lines, verdict])
+
+
 def write_readme(results: Path, summary: dict) -> None:
     """results/README.md: how the numbers were made, then the report itself."""
     lines = [f"# `{summary['experiment']}`: make reproduce", "",
@@ -216,7 +261,11 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None,
                         help="run directories (default runs/reproduce/<experiment>)")
     parser.add_argument("--results", type=Path, default=None,
-                        help="tables and plots (default experiments/results/<experiment>)")
+                        help="tables and plots (default <runs>/report; the tracked record is "
+                             "only written with --record)")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="the recorded results to compare with (default "
+                             "experiments/results/<experiment>)")
     parser.add_argument("--force", action="store_true", help="redo finished steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="distillation seeds (the teacher is trained once)")
@@ -236,19 +285,17 @@ def main() -> None:
 
     exp = args.experiment
     runs = (args.runs or ROOT / "runs" / "reproduce" / exp).resolve()
-    results = (args.results or ROOT / "experiments" / "results" / exp).resolve()
+    results = (args.results or runs / "report").resolve()
+    record = (args.record or ROOT / "experiments" / "results" / exp).resolve()
     bars = experiment_checks(exp, args.overrides)
     py = [sys.executable, "-m"]
     common = [f"experiment={exp}", "logger=csv", *args.overrides]
     log: list[dict] = []
-    previous = results / "reproduce.json"
-    earlier = {s["step"]: s["seconds"] for s in json.loads(previous.read_text())["steps"]
-               if s["seconds"] is not None} if previous.is_file() and not args.force else {}
     ledger = runs / "steps.json"
 
     teacher = runs / "teacher"
     step("teacher", [*py, "pwl.train", "phase=teacher", *common, f"hydra.run.dir={teacher}"],
-         teacher / "teacher.safetensors", log, args.force, earlier, ledger)
+         teacher / "teacher.safetensors", log, args.force, ledger)
     if args.only == "teacher":
         return
     evals: dict[str, dict[str, list[Path]]] = {loss: {"val": [], "test": []}
@@ -261,13 +308,13 @@ def main() -> None:
             step(f"distill {name}", [*py, "pwl.train", "phase=distill", f"loss={loss}",
                                      f"seed={seed}", f"teacher={teacher}", "test=false",
                                      *common, f"hydra.run.dir={run}"],
-                 run / "hybrid.safetensors", log, args.force, earlier, ledger)
+                 run / "hybrid.safetensors", log, args.force, ledger)
             for split, orders in (("val", "[prefix]"), ("test", "[prefix,suffix,window]")):
                 out = run / f"eval_{split}"
                 step(f"evaluate {name} ({split})",
                      [*py, "pwl.evaluate", f"checkpoint={run}", f"split={split}",
                       f"orders={orders}", f"hydra.run.dir={out}"],
-                     out / "stages.csv", log, args.force, earlier, ledger, in_process=True)
+                     out / "stages.csv", log, args.force, ledger, in_process=True)
                 evals[loss][split].append(out)
     if args.only == "distill":
         return
@@ -275,7 +322,7 @@ def main() -> None:
     bundle = runs / "bundle"
     step("export", [*py, "pwl.export", f"checkpoint={first}", f"out={bundle}",
                     f"hydra.run.dir={runs / 'export'}"],
-         bundle / "manifest.json", log, args.force, earlier, ledger, in_process=True)
+         bundle / "manifest.json", log, args.force, ledger, in_process=True)
 
     start = time.perf_counter()
     pairs = [(loss, "kd") for loss in args.losses if loss != "kd" and "kd" in args.losses]
@@ -304,10 +351,13 @@ def main() -> None:
     }
     (results / "reproduce.json").write_text(json.dumps(summary, indent=2))
     write_readme(results, summary)
+    write_provenance(results, invocation(), log, *training_precision(exp, args.overrides))
     print(f"\nwall time {total / 60:.1f} min (sum of the steps); runs in {runs}; "
           f"report in {results}")
     for c in results_checks:
         print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['check']}: {c['value']:.4f}")
+    if record != results and (record / "summary.csv").is_file():
+        print(compare_with_record(results / "summary.csv", record / "summary.csv"))
 
 
 if __name__ == "__main__":

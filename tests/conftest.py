@@ -145,3 +145,23 @@ def wandb_records(path: Path) -> list:
             records.append(record)
             chunk = b""
     return records
+
+
+def load_script(name: str):
+    """The script ``experiments/<name>.py`` as a module, registered under ``name`` so the
+    scripts it imports beside it (``from reproduce import ...``) resolve as from a shell."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    for dependency in ("provenance", "reproduce"):
+        if dependency != name and f"from {dependency} import" in path.read_text():
+            load_script(dependency)
+    spec.loader.exec_module(module)
+    return module
+

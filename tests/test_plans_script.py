@@ -1,29 +1,18 @@
 """experiments/plans.py: the tables of its README, from hand-written plan and curve files."""
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def plans():
-    # plans.py imports reproduce.py from its own directory, as `python experiments/plans.py`
-    # does; both are scripts, loaded from their paths.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "reproduce", load_script("reproduce"))
-        yield load_script("plans")
+    return load_script("plans")
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

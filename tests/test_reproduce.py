@@ -1,6 +1,5 @@
 """experiments/reproduce.py: the quality bars, and a whole tiny run that resumes."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,13 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY, export_tiny
+from tests.conftest import TINY, export_tiny, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-# A script, not a module of the package: loaded from its path.
-_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
-reproduce = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce)
+reproduce = load_script("reproduce")
 
 
 def stages(prefix: list[float]) -> dict[tuple[str, str], float]:
@@ -85,32 +81,46 @@ def test_reproduce_runs_every_step_then_resumes(tmp_path):
     assert "Paired difference: resnet_narrow/pwl - resnet_narrow/kd" in readme
     assert sys.executable not in readme
     assert "| student |" in readme and "| teacher |" in readme
-    for line in first.stdout.splitlines()[-len(summary["checks"]):]:
-        assert line.strip().startswith(("[ok]", "[FAIL]"))
+    printed = [line.strip() for line in first.stdout.splitlines()]
+    assert len([p for p in printed if p.startswith(("[ok]", "[FAIL]"))]) == len(summary["checks"])
+    # the tracked record is compared with, never rewritten
+    assert printed[-1].startswith("verdict: ")
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["command"].startswith("python experiments/reproduce.py --runs ")
+    assert provenance["torch"] and provenance["cores"] and provenance["cpu_model"]
+    assert provenance["memory_format"] == "channels_last"
+    assert [s["step"] for s in provenance["steps"]] == names
+    assert all(isinstance(s["seconds"], float) for s in provenance["steps"])
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads((results / "reproduce.json").read_text())
     trained = [s for s in again["steps"] if s["step"] != "report"]
     assert all(s["skipped"] for s in trained)
-    assert [s["seconds"] for s in trained] == [s["seconds"] for s in summary["steps"][:-1]]
+    # a skipped step keeps what the run that made it measured, and its command
+    assert ([(s["seconds"], s["command"]) for s in trained]
+            == [(s["seconds"], s["command"]) for s in summary["steps"][:-1]])
+    # and its provenance says this run measured nothing of it
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert [s["seconds"] for s in provenance["steps"][:-1]] == [None] * len(trained)
 
 
 def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_path):
     ledger, done = tmp_path / "runs" / "steps.json", tmp_path / "out.txt"
     touch = [sys.executable, "-c", f"open({str(done)!r}, 'w').close()"]
-    reproduce.step("teacher", touch, done, [], False, {}, ledger)
+    reproduce.step("teacher", touch, done, [], False, ledger)
     recorded = json.loads(ledger.read_text())["teacher"]
+    assert recorded["command"] == reproduce.portable(touch)
 
     # The interrupted invocation wrote no reproduce.json: the next one reads the ledger.
     log: list[dict] = []
-    reproduce.step("teacher", touch, done, log, False, {}, ledger)
+    reproduce.step("teacher", [*touch, "today's overrides"], done, log, False, ledger)
     assert log == [{"step": "teacher", "command": reproduce.portable(touch),
-                    "seconds": recorded, "skipped": True}]
+                    "seconds": recorded["seconds"], "skipped": True}]
 
     failing = [sys.executable, "-c", "raise SystemExit(3)"]
     with pytest.raises(SystemExit, match="exit code 3"):
-        reproduce.step("distill", failing, tmp_path / "never", [], False, {}, ledger)
+        reproduce.step("distill", failing, tmp_path / "never", [], False, ledger)
     assert set(json.loads(ledger.read_text())) == {"teacher"}
 
 
@@ -119,7 +129,7 @@ def test_an_in_process_step_writes_what_its_command_line_writes(tmp_path):
     overrides = [f"checkpoint={bundle}", "split=test", "orders=[prefix,suffix]"]
     here, log = tmp_path / "here", []
     cmd = [sys.executable, "-m", "pwl.evaluate", *overrides, f"hydra.run.dir={here}"]
-    reproduce.step("evaluate", cmd, here / "stages.csv", log, False, {}, tmp_path / "steps.json",
+    reproduce.step("evaluate", cmd, here / "stages.csv", log, False, tmp_path / "steps.json",
                    in_process=True)
     assert log[0]["command"] == reproduce.portable(cmd) and not log[0]["skipped"]
     rows = reproduce.read_stages(here / "stages.csv")
@@ -140,7 +150,7 @@ def test_an_in_process_step_that_fails_says_why_in_one_line(tmp_path, capsys):
     cmd = [sys.executable, "-m", "pwl.evaluate", f"checkpoint={missing}",
            f"hydra.run.dir={tmp_path / 'out'}"]
     with pytest.raises(SystemExit, match="exit code 2"):
-        reproduce.step("evaluate", cmd, tmp_path / "out" / "stages.csv", [], False, {}, ledger,
+        reproduce.step("evaluate", cmd, tmp_path / "out" / "stages.csv", [], False, ledger,
                        in_process=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: checkpoint={missing} does not exist; pass a distill run directory, "

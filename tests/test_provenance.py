@@ -1,0 +1,100 @@
+"""experiments/results: every directory says what made it, and every quoted number is its own."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_script
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+DIRS = sorted(p for p in RESULTS.iterdir() if p.is_dir())
+KEYS = {"command", "commit", "dirty", "cpu_model", "cores", "torch", "precision",
+        "memory_format", "steps", "written"}
+
+
+@pytest.mark.parametrize("results", DIRS, ids=lambda p: p.name)
+def test_every_results_directory_has_its_provenance(results):
+    record = json.loads((results / "provenance.json").read_text())
+    assert KEYS <= set(record)
+    for step in record["steps"]:
+        assert step["seconds"] is None or step["seconds"] >= 0
+    if record.get("backfilled"):  # a tool that was not there knows none of it
+        assert [record[k] for k in ("command", "commit", "cpu_model", "torch")] == [None] * 4
+        assert record["steps"] == []
+    else:
+        assert record["command"].startswith(("python ", "make "))
+        assert isinstance(record["dirty"], bool) and record["cores"] >= 1
+
+
+def test_step_files_carry_no_time_for_a_step_their_run_skipped():
+    for path in [*RESULTS.glob("*/reproduce.json"), *RESULTS.glob("*/plans.json")]:
+        steps = json.loads(path.read_text())["steps"]
+        assert [s["step"] for s in steps if s.get("skipped") and s["seconds"] is not None] == [], path
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-zA-Z0-9_-]+):", text, flags=re.M))
+
+
+def commands(text: str) -> list[str]:
+    """Commands quoted in Markdown (inline code and bash blocks) that a reader may run."""
+    found = re.findall(r"`((?:python|make) [^`]+)`", text)
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S):
+        found += [line.strip() for line in block.replace("\\\n", " ").splitlines()
+                  if line.strip().startswith(("python ", "make "))]
+    return found
+
+
+def names_something_real(command: str) -> bool:
+    words = command.split()
+    if words[0] == "make":
+        goals = [w for w in words[1:] if "=" not in w and not w.startswith("-")]
+        return all(goal in make_targets() for goal in goals)
+    if words[1] == "-m":
+        module = words[2]
+        return module.startswith("pwl.") and (ROOT / (module.replace(".", "/") + ".py")).is_file()
+    return (ROOT / words[1]).is_file()
+
+
+@pytest.mark.parametrize("readme", sorted(RESULTS.glob("**/README.md")),
+                         ids=lambda p: str(p.relative_to(RESULTS)))
+def test_every_command_in_a_results_readme_names_something_that_exists(readme):
+    missing = [c for c in commands(readme.read_text()) if not names_something_real(c)]
+    assert missing == []
+
+
+def test_every_number_in_the_readme_results_tables_is_in_the_file_it_links():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Results", 1)[1].split("\n## ", 1)[0]
+    checked = 0
+    # each table follows the link to its results directory
+    for link, table in re.findall(r"\(experiments/results/([^/)]+)/README\.md\).*?\n\n"
+                                  r"((?:\|[^\n]*\n)+)", section, flags=re.S):
+        source = (RESULTS / link / "report.md").read_text()
+        for row in table.splitlines()[2:]:
+            for cell in row.strip("|").split("|")[1:]:
+                cell = cell.strip()
+                if re.search(r"\d", cell):
+                    assert cell in source, (link, cell)
+                    checked += 1
+    assert checked >= 30  # three families' tables
+
+
+def test_strip_unmeasured_nulls_times_of_skipped_steps_only(tmp_path):
+    provenance = load_script("provenance")
+    (tmp_path / "reproduce.json").write_text(json.dumps({"steps": [
+        {"step": "teacher", "command": "c", "seconds": 600.0, "skipped": True},
+        {"step": "export", "command": "e", "seconds": 6.5, "skipped": False}],
+        "wall_seconds": 606.5}))
+    (tmp_path / "README.md").write_text("| teacher | 10.0 | `c` |\n| export | 0.1 | `e` |\n"
+                                        "| **total** | **10.1** | |")
+    assert provenance.strip_unmeasured(tmp_path) == ["teacher"]
+    summary = json.loads((tmp_path / "reproduce.json").read_text())
+    assert [s["seconds"] for s in summary["steps"]] == [None, 6.5]
+    assert summary["wall_seconds"] == 6.5
+    assert (tmp_path / "README.md").read_text().splitlines()[:2] == [
+        "| teacher |  | `c` |", "| export | 0.1 | `e` |"]
