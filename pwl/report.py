@@ -15,9 +15,13 @@ paired difference A - B per stage, over the seeds both have.
 Writes ``report.md`` (a table per loading order: rows student, T1 + S, T1-2 + S,
 ..., teacher, aligned by k so pairs of any N share a table), ``report.csv`` (every
 run's numbers, tidy), ``summary.csv`` (per column and stage: n, mean, std, 95%
-interval), ``paired.csv`` (with ``--paired``), ``accuracy_vs_k.png`` (mean over
-seeds with a band for the interval) and ``accuracy_vs_mb.png`` (every mask, with
+interval), ``paired.csv`` (with ``--paired``), ``<metric>_vs_k.png`` (mean over
+seeds with a band for the interval) and ``<metric>_vs_mb.png`` (every mask, with
 each column's Pareto front marked).
+
+The numbers are the runs' stage metric (``pwl.stages.metrics``): accuracy in percent
+for classifiers (``accuracy_vs_k.png``...), bits per character for language models
+(``bpc_vs_k.png``..., lower is better). Runs of one report share one metric.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from scipy import stats
 
 from pwl.errors import CheckpointError, ConfigError, PWLError
 from pwl.stages import last_epoch, read_stages
+from pwl.stages.files import metric_of_rows
+from pwl.stages.metrics import ACCURACY, StageMetric
 
 ORDER_TITLES = {"prefix": "Prefix loading (teacher blocks from the input side)",
                 "suffix": "Suffix loading (teacher blocks from the output side)",
@@ -51,13 +57,15 @@ class Run:
     config: dict = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     label: str = ""
+    metric: StageMetric = ACCURACY
 
     @property
     def seed(self) -> int | None:
         return self.config.get("seed")
 
-    def accuracy(self, order: str, key: tuple[int, str]) -> float | None:
-        return next((row["accuracy"] for row in self.rows if row["order"] == order
+    def value(self, order: str, key: tuple[int, str]) -> float | None:
+        """The run's metric at one stage."""
+        return next((row[self.metric.name] for row in self.rows if row["order"] == order
                      and row_key(row["mask"], order) == key), None)
 
 
@@ -96,12 +104,12 @@ class Column:
     runs: list[Run]
 
     def values(self, order: str, key: tuple[int, str]) -> dict[int | None, float]:
-        """Accuracy per seed at one stage (runs without the stage left out)."""
+        """The metric per seed at one stage (runs without the stage left out)."""
         out = {}
         for run in self.runs:
-            acc = run.accuracy(order, key)
-            if acc is not None:
-                out[run.seed] = acc
+            value = run.value(order, key)
+            if value is not None:
+                out[run.seed] = value
         return out
 
     def summary(self, order: str, key: tuple[int, str]) -> Summary | None:
@@ -124,7 +132,8 @@ def load_run(run_dir: Path, split: str) -> Run | None:
     for name in files:
         path = run_dir / name
         if path.is_file():
-            rows = [asdict(r) for r in last_epoch(read_stages(path))]
+            stage_rows = last_epoch(read_stages(path))
+            rows = [asdict(r) for r in stage_rows]
             if not rows:
                 continue
             hydra_dir = run_dir / ".hydra"
@@ -135,7 +144,8 @@ def load_run(run_dir: Path, split: str) -> Run | None:
                 source = Path(config["checkpoint"])
                 source = source if source.is_dir() else source.parent
                 config = {**(_read_yaml(source / ".hydra" / "config.yaml") or {}), **config}
-            return Run(run_dir, rows, config, _read_yaml(hydra_dir / "overrides.yaml") or [])
+            return Run(run_dir, rows, config, _read_yaml(hydra_dir / "overrides.yaml") or [],
+                       metric=metric_of_rows(stage_rows))
     return None
 
 
@@ -188,14 +198,33 @@ def columns_of(runs: list[Run]) -> list[Column]:
     return list(columns.values())
 
 
-def cell(summary: Summary | None) -> str:
-    """A table cell in percent: one value, or mean +- std [95% interval] over seeds."""
+def scale(metric: StageMetric) -> tuple[float, str]:
+    """How tables show ``metric``: accuracy in percent (2 decimals), bpc as it is (3)."""
+    return (100.0, ".2f") if metric == ACCURACY else (1.0, ".3f")
+
+
+def report_metric(runs: Sequence[Run]) -> StageMetric:
+    """The metric every run shares.
+
+    Raises:
+        ConfigError: runs with different metrics (a classifier's and a language model's).
+    """
+    metrics = {r.metric for r in runs}
+    if len(metrics) > 1:
+        raise ConfigError(f"the runs hold different stage metrics {sorted(m.name for m in metrics)}; "
+                          "report classifiers and language models separately")
+    return metrics.pop() if metrics else ACCURACY
+
+
+def cell(summary: Summary | None, metric: StageMetric = ACCURACY) -> str:
+    """A table cell (accuracy in percent): one value, or mean +- std [95% interval] over seeds."""
     if summary is None:
         return ""
+    k, f = scale(metric)
     if summary.n == 1:
-        return f"{100 * summary.mean:.2f}"
-    return (f"{100 * summary.mean:.2f} ± {100 * summary.std:.2f} "
-            f"[{100 * summary.low:.2f}, {100 * summary.high:.2f}]")
+        return f"{k * summary.mean:{f}}"
+    return (f"{k * summary.mean:{f}} ± {k * summary.std:{f}} "
+            f"[{k * summary.low:{f}}, {k * summary.high:{f}}]")
 
 
 def stage_keys(runs: Sequence[Run], order: str) -> list[tuple[int, str]]:
@@ -239,11 +268,15 @@ def row_key(mask: str, order: str) -> tuple[int, str]:
 
 def markdown(runs: list[Run], columns: list[Column],
              pairs: Sequence[tuple[Column, Column]] = ()) -> str:
+    metric = report_metric(runs)
+    k, f = scale(metric)
     seeded = any(len(c.runs) > 1 for c in columns)
     what = ("mean ± standard deviation over seeds [95% confidence interval]" if seeded
             else "one run per column")
-    out = ["# Accuracy at every partial-teacher stage", "",
-           f"Accuracy (%) on the evaluation split; {what}.", ""]
+    unit = "Accuracy (%)" if metric == ACCURACY else \
+        f"{metric.label[0].upper()}{metric.label[1:]} ({metric.name}, lower is better)"
+    out = [f"# {metric.label[0].upper()}{metric.label[1:]} at every partial-teacher stage", "",
+           f"{unit} on the evaluation split; {what}.", ""]
     for c in columns:
         n = len(c.runs[0].rows[0]["mask"])
         seeds = sorted((r.seed for r in c.runs), key=str)
@@ -255,12 +288,12 @@ def markdown(runs: list[Run], columns: list[Column],
                 "| stage | " + " | ".join(c.label for c in columns) + " |",
                 "|---|" + "---|" * len(columns)]
         for key in stage_keys(runs, order):
-            cells = [cell(c.summary(order, key)) for c in columns]
+            cells = [cell(c.summary(order, key), metric) for c in columns]
             out.append(f"| {key[1]} | " + " | ".join(cells) + " |")
     for a, b in pairs:
         out += ["", f"## Paired difference: {a.label} - {b.label}", "",
-                "Points of accuracy, paired by seed; an interval that excludes 0 separates "
-                "the two at 95%.", "",
+                f"{'Points of accuracy' if metric == ACCURACY else metric.name}, paired by "
+                "seed; an interval that excludes 0 separates the two at 95%.", "",
                 "| order | stage | n | mean | std | 95% interval |", "|---|---|---|---|---|---|"]
         for order in orders:
             for key in stage_keys(runs, order):
@@ -268,20 +301,21 @@ def markdown(runs: list[Run], columns: list[Column],
                 if d is None:
                     continue
                 interval = ("" if d.n == 1 else
-                            f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]")
-                std = "" if d.n == 1 else f"{100 * d.std:.2f}"
-                out.append(f"| {order} | {key[1]} | {d.n} | {100 * d.mean:+.2f} | {std} | "
+                            f"[{k * d.low:+{f}}, {k * d.high:+{f}}]")
+                std = "" if d.n == 1 else f"{k * d.std:{f}}"
+                out.append(f"| {order} | {key[1]} | {d.n} | {k * d.mean:+{f}} | {std} | "
                            f"{interval} |")
     return "\n".join(out) + "\n"
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points no other point beats on both fewer bytes and higher accuracy, by bytes."""
-    front, best = [], -1.0
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if y > best:
+def pareto(points: list[tuple[float, float]],
+           metric: StageMetric = ACCURACY) -> list[tuple[float, float]]:
+    """Points no other point beats on both fewer bytes and a better metric, by bytes."""
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -metric.score(p[1]))):
+        if metric.score(y) > best:
             front.append((x, y))
-            best = y
+            best = metric.score(y)
     return front
 
 
@@ -289,6 +323,9 @@ def plots(runs: list[Run], columns: list[Column], out: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     from matplotlib.ticker import MaxNLocator
 
+    metric = report_metric(runs)
+    k_scale, _ = scale(metric)
+    ylabel = "accuracy (%)" if metric == ACCURACY else f"{metric.label} (lower is better)"
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     styles = {"prefix": "-", "suffix": "--", "window": ":"}
@@ -296,8 +333,9 @@ def plots(runs: list[Run], columns: list[Column], out: Path) -> None:
         for order, style in styles.items():
             if order == "window":  # best window per k, per run, then over seeds
                 ks = sorted({row["k"] for r in c.runs for row in r.rows if row["order"] == order})
-                per_k = [summarise([max(row["accuracy"] for row in r.rows
-                                        if row["order"] == order and row["k"] == k)
+                per_k = [summarise([max((row[metric.name] for row in r.rows
+                                         if row["order"] == order and row["k"] == k),
+                                        key=metric.score)
                                     for r in c.runs
                                     if any(row["order"] == order and row["k"] == k
                                            for row in r.rows)]) for k in ks]
@@ -308,18 +346,19 @@ def plots(runs: list[Run], columns: list[Column], out: Path) -> None:
                 per_k = [c.summary(order, key) for key in keys]
             if not ks:
                 continue
-            means = [100 * s.mean for s in per_k]
+            means = [k_scale * s.mean for s in per_k]
             (line,) = ax.plot(ks, means, marker="o", linestyle=style,
                               label=f"{c.label} · {order}")
             if all(s.n > 1 for s in per_k):
-                ax.fill_between(ks, [100 * s.low for s in per_k], [100 * s.high for s in per_k],
+                ax.fill_between(ks, [k_scale * s.low for s in per_k],
+                                [k_scale * s.high for s in per_k],
                                 color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("teacher blocks loaded (k)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.savefig(out / "accuracy_vs_k.png", dpi=120)
+    fig.savefig(out / f"{metric.name}_vs_k.png", dpi=120)
 
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -329,26 +368,27 @@ def plots(runs: list[Run], columns: list[Column], out: Path) -> None:
         for (order, mask), nbytes in masks.items():
             summary = c.summary(order, row_key(mask, order))
             if summary is not None:
-                pts.add((nbytes / 1e6, 100 * summary.mean))
+                pts.add((nbytes / 1e6, k_scale * summary.mean))
         dots = ax.scatter(*zip(*pts), s=14, alpha=0.5, label=f"{c.label} · masks")
-        front = pareto(list(pts))
+        front = pareto(list(pts), metric)
         ax.plot(*zip(*front), color=dots.get_facecolor()[0], marker="D", markersize=4,
                 linewidth=1.2, label=f"{c.label} · Pareto front")
     ax.set_xlabel("MB of teacher weights loaded beyond the student")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.savefig(out / "accuracy_vs_mb.png", dpi=120)
+    fig.savefig(out / f"{metric.name}_vs_mb.png", dpi=120)
 
 
 def write_csv(runs: list[Run], path: Path) -> None:
+    extra = [] if report_metric(runs) == ACCURACY else [report_metric(runs).name]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", "path", "order", "k", "mask", "accuracy", "bytes_loaded"])
+        w.writerow(["run", "path", "order", "k", "mask", "accuracy", "bytes_loaded", *extra])
         for r in runs:
             for row in r.rows:
                 w.writerow([r.label, shown(r.path), row["order"], row["k"], row["mask"],
-                            row["accuracy"], row["bytes_loaded"]])
+                            row["accuracy"], row["bytes_loaded"], *(row[e] for e in extra)])
 
 
 def write_summary(runs: list[Run], columns: list[Column], path: Path) -> None:

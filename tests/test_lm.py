@@ -14,6 +14,7 @@ from pwl.data import TextDataModule
 from pwl.data.kjv import KJV_VOCAB, read_kjv, split_books
 from pwl.errors import ConfigError, DataError
 from pwl.models import gpt
+from pwl.report import report
 from pwl.stages import COLUMNS, evaluate_stages, read_stages, write_stages
 from pwl.stages.files import metric_of_rows
 from pwl.stages.metrics import BPC
@@ -206,3 +207,17 @@ def test_planner_minimises_the_area_under_bits_per_character(table, masks):
     order, area = best_order(table, [1, 1], BPC)
     assert list(order.masks) == masks
     assert area == pytest.approx(3.0 + 2.0)
+
+
+def test_report_tabulates_bits_per_character(tmp_path):
+    hybrid = _lm_hybrid()
+    tokens = torch.randint(0, 63, (2, 16))
+    result = evaluate_stages(hybrid, [(tokens, tokens.roll(-1, 1))], ["prefix"])
+    write_stages([result], tmp_path / "runs" / "a", stem="stages_test")
+    runs = report([tmp_path / "runs"], tmp_path / "report")
+    assert runs[0].metric is BPC
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.startswith("# Bits per character at every partial-teacher stage")
+    student = next(r.bpc for r in result.rows if r.mask == "SSS")
+    assert f"| student | {student:.3f} |" in text
+    assert (tmp_path / "report" / "bpc_vs_k.png").is_file()
