@@ -52,6 +52,11 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
                               "teacher.safetensors>; train one first with "
                               "`python -m pwl.train phase=teacher`")
         kwargs["teacher"] = str(Path(hydra.utils.to_absolute_path(cfg.teacher)))
+        if cfg.get("student_from"):
+            kwargs["student_from"] = str(Path(hydra.utils.to_absolute_path(cfg.student_from)))
+        elif cfg.loss.name == "posthoc":
+            raise ConfigError("loss=posthoc trains adapters for a finished student; pass "
+                              "student_from=<distill run directory> (e.g. a loss=kd run)")
     return make(to_dict(cfg.model), optim=to_dict(cfg.optim), **kwargs)
 
 

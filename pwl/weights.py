@@ -47,9 +47,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
                               "it is truncated or corrupt, re-create it") from None
 
 
-def load_weights(module: nn.Module, path: str | Path, what: str) -> None:
-    """Loads ``path`` into ``module``; a mismatch names the file and the expected model."""
-    state = read_weights(path)
+def load_weights(module: nn.Module, path: str | Path, what: str,
+                 prefix: str = "") -> None:
+    """Loads ``path`` (its tensors under ``prefix``) into ``module``; a mismatch names the file
+    and the expected model."""
+    state = {k.removeprefix(prefix): v for k, v in read_weights(path).items()
+             if k.startswith(prefix)}
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -116,3 +119,11 @@ def load_teacher(path: str | Path, teacher_cfg: Mapping[str, Any]) -> BlockNet:
                                   "model config for distillation") from None
         raise
     return teacher
+
+
+def load_student(hybrid: nn.Module, path: str | Path) -> None:
+    """Loads the student of a finished distill run (its directory or ``hybrid.safetensors``)
+    into ``hybrid.student``; the run's teacher and adapters are not used."""
+    file = Path(path) / HYBRID_FILE if Path(path).is_dir() else Path(path)
+    load_weights(hybrid.student, file, "student of this model config (student_from= must be "
+                 "a distill run of the same pair)", prefix="student.")

@@ -15,7 +15,7 @@ from pwl.errors import ConfigError
 from pwl.lit.optim import build_optimizer, build_scheduler
 from pwl.losses import DistillOutputs, build_loss
 from pwl.losses.terms import cross_entropy, per_prediction
-from pwl.weights import load_teacher
+from pwl.weights import load_student, load_teacher
 
 
 def adapter_lr_mult(loss: Mapping[str, Any], optim: Mapping[str, Any]) -> float:
@@ -143,26 +143,41 @@ class DistillModule(_Scored):
         optim: the optim config; ``adapter_lr_mult`` scales the adapters' LR.
         teacher: a teacher run directory or ``teacher.safetensors``. Leave it
             out only when weights come from a checkpoint.
+        student_from: a finished distill run (e.g. a KD baseline's) whose student is
+            loaded and frozen (eval mode, no grad): only the adapters train, the
+            *post-hoc adapters* baseline (``loss=posthoc``).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], loss: Mapping[str, Any],
-                 optim: Mapping[str, Any], teacher: str | None = None) -> None:
+                 optim: Mapping[str, Any], teacher: str | None = None,
+                 student_from: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = dict(model_cfg)
         self.optim_cfg = dict(optim)
         teacher_net = load_teacher(teacher, self.model_cfg["teacher"]) if teacher else None
         self.hybrid = build_hybrid(self.model_cfg, teacher=teacher_net)
+        self.student_frozen = student_from is not None
+        if self.student_frozen:
+            load_student(self.hybrid, student_from)
+            # Lightning keeps the modes modules are built in; train() below keeps it so.
+            self.hybrid.student.requires_grad_(False).eval()
         self.loss = build_loss(loss.get("terms", {}))
         self.adapter_lr_mult = adapter_lr_mult(loss, self.optim_cfg)
         self._setup_scores(self.hybrid.student.num_classes, self.hybrid.student.task)
 
     def param_groups(self) -> list[dict]:
-        return [
-            {"params": list(self.hybrid.student.parameters())},
-            {"params": list(self.hybrid.adapters.parameters()),
-             "lr_mult": self.adapter_lr_mult},
-        ]
+        adapters = {"params": list(self.hybrid.adapters.parameters()),
+                    "lr_mult": self.adapter_lr_mult}
+        if self.student_frozen:
+            return [adapters]
+        return [{"params": list(self.hybrid.student.parameters())}, adapters]
+
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        if self.student_frozen:  # BatchNorm statistics stay the finished student's
+            self.hybrid.student.eval()
+        return self
 
     def on_fit_start(self) -> None:
         self.print(self.loss.describe(self.hybrid))
