@@ -48,6 +48,7 @@ from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.masks import masks_for_order
 from pwl.report import report
 from pwl.stages import read_stages
+from pwl.stages.files import metric_of_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 # Entry points a step may run in this process: module -> (its config, its function of the
@@ -144,8 +145,11 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
 
 
 def accuracies(path: Path) -> dict[tuple[str, str], float]:
-    """Accuracy by (order, mask) of an evaluation's stages CSV."""
-    return {(r.order, r.mask): r.accuracy for r in read_stages(path)}
+    """The stage metric (accuracy; bits per character for a language model) by (order, mask)
+    of an evaluation's stages CSV."""
+    rows = read_stages(path)
+    metric = metric_of_rows(rows)
+    return {(r.order, r.mask): r.value(metric) for r in rows}
 
 
 def mean_accuracies(paths: Sequence[Path]) -> dict[tuple[str, str], float]:
@@ -188,6 +192,21 @@ def checks(pwl: Mapping[tuple[str, str], float], kd: Mapping[tuple[str, str], fl
         out.append({"check": f"PWL student within {100 * bars['student_vs_kd_max']:g} point "
                              "of the KD baseline",
                     "value": diff, "ok": abs(diff) <= bars["student_vs_kd_max"]})
+    # A language model's bars, in bits per character (lower is better).
+    if "bpc_gap_min" in bars:
+        out.append({"check": f"student - teacher >= {bars['bpc_gap_min']:g} bpc",
+                    "value": student - teacher, "ok": student - teacher >= bars["bpc_gap_min"]})
+    if "prefix_tolerance_bpc" in bars:
+        outside = max(max(p - student, teacher - p) for p in prefix[1:-1])
+        out.append({"check": "prefix stages between teacher and student within "
+                             f"{bars['prefix_tolerance_bpc']:g} bpc",
+                    "value": outside, "ok": outside <= bars["prefix_tolerance_bpc"]})
+    if "kd_mixed_gap_min_bpc" in bars and kd is not None:
+        mixed = masks_for_order("prefix", n)[1:-1]
+        gap = sum(kd[("prefix", m)] - pwl[("prefix", m)] for m in mixed) / len(mixed)
+        out.append({"check": "KD baseline's mixed prefix stages >= "
+                             f"{bars['kd_mixed_gap_min_bpc']:g} bpc worse than PWL's",
+                    "value": gap, "ok": gap >= bars["kd_mixed_gap_min_bpc"]})
     if "prefix_drop_max" in bars:
         out.append({"check": f"prefix curve: no drop > {100 * bars['prefix_drop_max']:g} "
                              "points from k to k+1",
@@ -249,9 +268,10 @@ def write_readme(results: Path, summary: dict) -> None:
                   for c in summary["checks"]]
         lines.append("")
     body = (results / "report.md").read_text().split("\n", 1)[1]
-    lines += ["## Test-split accuracy", body,
-              "![accuracy vs k](accuracy_vs_k.png)", "",
-              "![accuracy vs MB](accuracy_vs_mb.png)", ""]
+    metric = summary.get("metric", "accuracy")
+    lines += [f"## Test-split {metric}", body,
+              f"![{metric} vs k]({metric}_vs_k.png)", "",
+              f"![{metric} vs MB]({metric}_vs_mb.png)", ""]
     (results / "README.md").write_text("\n".join(lines))
 
 
@@ -282,6 +302,10 @@ def main() -> None:
     if unknown:
         parser.error(f"--losses {unknown} are not loss presets {known}; put Hydra overrides "
                      "after `--`")
+    if "posthoc" in args.losses and ("kd" not in args.losses
+                                     or args.losses.index("kd") > args.losses.index("posthoc")):
+        parser.error("--losses posthoc fits adapters to the kd run of the same seed; list kd "
+                     "before it")
 
     exp = args.experiment
     runs = (args.runs or ROOT / "runs" / "reproduce" / exp).resolve()
@@ -305,9 +329,11 @@ def main() -> None:
             run = runs / f"distill_{loss}" / f"seed{seed}"
             name = f"{loss} seed {seed}"
             # test=false: the test split is read once, by the final evaluation below.
+            frozen = ([f"student_from={runs / 'distill_kd' / f'seed{seed}'}"]
+                      if loss == "posthoc" else [])
             step(f"distill {name}", [*py, "pwl.train", "phase=distill", f"loss={loss}",
                                      f"seed={seed}", f"teacher={teacher}", "test=false",
-                                     *common, f"hydra.run.dir={run}"],
+                                     *frozen, *common, f"hydra.run.dir={run}"],
                  run / "hybrid.safetensors", log, args.force, ledger)
             for split, orders in (("val", "[prefix]"), ("test", "[prefix,suffix,window]")):
                 out = run / f"eval_{split}"
@@ -328,6 +354,8 @@ def main() -> None:
     pairs = [(loss, "kd") for loss in args.losses if loss != "kd" and "kd" in args.losses]
     if {"pwl", "paper"} <= set(args.losses):
         pairs.append(("pwl", "paper"))
+    if {"pwl", "posthoc"} <= set(args.losses):  # joint training against fitting afterwards
+        pairs.append(("pwl", "posthoc"))
     test_dirs = [d for loss in args.losses for d in evals[loss]["test"]]
     report(test_dirs, results, split="test", pairs=pairs)
     n = len(next(iter(accuracies(test_dirs[0] / "stages.csv")))[1])
@@ -348,6 +376,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},
         "steps": log, "wall_seconds": round(total, 1), "checks": results_checks,
+        "metric": metric_of_rows(read_stages(test_dirs[0] / "stages.csv")).name,
     }
     (results / "reproduce.json").write_text(json.dumps(summary, indent=2))
     write_readme(results, summary)
