@@ -14,7 +14,7 @@ OVERRIDES ?=              # Hydra overrides for every reproduce run; the seeds t
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all record plans sweep-losses reproduce-cifar10 \
+.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all reproduce-lm data-kjv record plans sweep-losses reproduce-cifar10 \
         reproduce-cifar100 bench-train bench-load serve docs
 
 help: ## List the targets
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) data nginx ## Create .venv with pwl and its dev tools, and install Fashion-MNIST and nginx
+install: $(STAMP) data data-kjv nginx ## Create .venv with pwl and its dev tools, and install Fashion-MNIST, the KJV and nginx
 
 data: ## Install Debian's dataset-fashion-mnist where apt and root are available
 	@if [ -f "$(FMNIST_FILE)" ]; then \
@@ -55,6 +55,17 @@ nginx: ## Install Debian's nginx-light (the web server of the HTTP tests) where 
 	  echo "  - on Debian/Ubuntu: sudo apt-get install nginx-light (any nginx on PATH works)"; \
 	fi
 
+data-kjv: ## Install Debian's bible-kjv (the text of data=kjv) where apt and root are available
+	@if command -v bible >/dev/null; then \
+	  echo "King James Bible: $$(command -v bible)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv; \
+	else \
+	  echo "bible-kjv is not installed and apt is not usable here: sudo apt-get install bible-kjv"; \
+	fi
+
 test: install ## Run the test suite (CPU, a few minutes; TEST_WORKERS=2 processes, 1 thread each)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
@@ -70,6 +81,10 @@ lint: $(STAMP) ## Check the code with ruff
 
 reproduce: install ## Default experiment end to end (teacher, PWL, KD, stages, bundle, report under runs/), compared with the record
 	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl kd -- $(OVERRIDES)
+
+reproduce-lm: install ## Language model on the KJV (experiment=lm_kjv): teacher, PWL, KD, stages, bundle, report (CPU)
+	$(PY) experiments/reproduce.py --experiment lm_kjv --losses pwl kd \
+	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) -- $(OVERRIDES)
 
 reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS seeds (OVERRIDES=, e.g. the records' fp32); compared with the record
 	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl paper kd \
