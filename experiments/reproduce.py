@@ -249,6 +249,73 @@ def compare_with_record(summary: Path, recorded: Path) -> str:
     return "\n".join([*lines, verdict])
 
 
+def prefix_points(run: Path) -> tuple[list[tuple[int, float]], int]:
+    """(bytes arrived, test accuracy) along the prefix order of a distill run: the student's
+    and adapters' files, then each teacher block; and the bytes of everything."""
+    from pwl.checkpoint import load_hybrid
+    from pwl.stages.costs import student_bytes
+
+    first = student_bytes(load_hybrid(run)[0])
+    rows = [r for r in read_stages(run / "eval_test" / "stages.csv") if r.order == "prefix"]
+    points = [(first + r.bytes_loaded, r.accuracy) for r in sorted(rows, key=lambda r: r.k)]
+    return points, points[-1][0]
+
+
+def exit_points(run: Path) -> list[tuple[int, float]]:
+    with (run / "exits_test.csv").open(newline="") as f:
+        return [(int(r["bytes_loaded"]), float(r["accuracy"])) for r in csv.DictReader(f)]
+
+
+def per_byte(subject_runs: Sequence[Path], exit_runs: Sequence[Path], subject: str,
+             results: Path) -> None:
+    """Mean accuracy over the bytes that arrive (0 to student + adapters + teacher) of the
+    subject's prefix curve and of the teacher's early exits, per seed, with the paired
+    difference and its 95% t-interval: ``per_byte.csv``, ``per_byte.md``, ``per_byte.png``."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from scipy import stats
+
+    from pwl.lit.early_exit import area_per_byte
+
+    rows, curves = [], []
+    for run, exits in zip(subject_runs, exit_runs):
+        points, total = prefix_points(run)
+        early = exit_points(exits)
+        rows.append({"seed": run.name, f"{subject}_area": area_per_byte(points, total),
+                     "early_exit_area": area_per_byte(early, total), "total_bytes": total})
+        curves.append((points, early))
+    diff = np.array([r[f"{subject}_area"] - r["early_exit_area"] for r in rows])
+    if len(diff) > 1:
+        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+        interval = f"[{100 * (diff.mean() - half):+.2f}, {100 * (diff.mean() + half):+.2f}]"
+    else:
+        interval = "(one seed: no interval)"
+    with (results / "per_byte.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| seed | " + f"`{subject}` prefix | teacher early exit |", "|---|---|---|",
+             *[f"| {r['seed']} | {100 * r[f'{subject}_area']:.2f} | "
+               f"{100 * r['early_exit_area']:.2f} |" for r in rows],
+             "", f"Mean accuracy (%) over the bytes that arrive; {subject} minus early exit, "
+             f"paired by seed: {100 * diff.mean():+.2f} points {interval}."]
+    (results / "per_byte.md").write_text("\n".join(lines) + "\n")
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for i, (points, early) in enumerate(curves):
+        for pts, label, color in ((points, f"{subject}: student, then teacher blocks", "C0"),
+                                  (early, "teacher blocks + exit head", "C1")):
+            xs = [b / 2**20 for b, _ in pts]
+            ax.step(xs, [a for _, a in pts], where="post", color=color, alpha=0.7,
+                    label=label if i == 0 else None)
+    ax.set_xlabel("MB arrived")
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "per_byte.png", dpi=120)
+    print("\n".join(lines))
+
+
 def write_readme(results: Path, summary: dict) -> None:
     """results/README.md: how the numbers were made, then the report itself."""
     lines = [f"# `{summary['experiment']}`: make reproduce", "",
@@ -272,6 +339,9 @@ def write_readme(results: Path, summary: dict) -> None:
     lines += [f"## Test-split {metric}", body,
               f"![{metric} vs k]({metric}_vs_k.png)", "",
               f"![{metric} vs MB]({metric}_vs_mb.png)", ""]
+    if (results / "per_byte.md").is_file():
+        lines += ["## Accuracy per byte against the teacher's early exits", "",
+                  (results / "per_byte.md").read_text(), "![per byte](per_byte.png)", ""]
     (results / "README.md").write_text("\n".join(lines))
 
 
@@ -295,6 +365,9 @@ def main() -> None:
                         help="stop after this step: teacher (e.g. to share a teacher with a "
                              "sweep) or distill (distillations and their evaluations, e.g. to "
                              "run some seeds in a second process)")
+    parser.add_argument("--early-exit", action="store_true",
+                        help="also train the teacher early-exit baseline per seed and compare "
+                             "its accuracy per byte with the first loss's prefix curve")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     known = sorted(p.stem for p in (ROOT / "conf" / "loss").glob("*.yaml"))
@@ -342,6 +415,12 @@ def main() -> None:
                       f"orders={orders}", f"hydra.run.dir={out}"],
                      out / "stages.csv", log, args.force, ledger, in_process=True)
                 evals[loss][split].append(out)
+        if args.early_exit:
+            exits = runs / "early_exit" / f"seed{seed}"
+            step(f"early exit seed {seed}", [*py, "pwl.train", "phase=early_exit",
+                                             f"seed={seed}", f"teacher={teacher}", *common,
+                                             f"hydra.run.dir={exits}"],
+                 exits / "exits_test.csv", log, args.force, ledger)
     if args.only == "distill":
         return
     first = runs / f"distill_{args.losses[0]}" / f"seed{args.seeds[0]}"
@@ -365,6 +444,10 @@ def main() -> None:
                              mean_accuracies([d / "stages.csv" for d in evals["kd"]["val"]])
                              if "kd" in evals else None, n, bars)
                       if subject and bars else [])
+    if args.early_exit:
+        subject_runs = [runs / f"distill_{args.losses[0]}" / f"seed{s}" for s in args.seeds]
+        per_byte(subject_runs, [runs / "early_exit" / f"seed{s}" for s in args.seeds],
+                 args.losses[0], results)
     shown = portable([*py, "pwl.report", *map(str, test_dirs), "--out", str(results),
                       *[f"--paired={a},{b}" for a, b in pairs]])
     log.append({"step": "report", "command": shown,

@@ -25,9 +25,11 @@ from pwl import speed
 from pwl.cli import CONF_DIR, finish_wandb, user_errors_as_one_line
 from pwl.config import instantiate_as, to_dict
 from pwl.errors import ConfigError
-from pwl.lit import TeacherModule
+from pwl.lit import EarlyExitModule, TeacherModule
 from pwl.schemas import check_app_config
 from pwl.weights import HYBRID_FILE, TEACHER_FILE, save_model_cfg, save_weights
+
+EXITS_FILE = "exits.safetensors"
 
 
 def _instantiate_all(node: DictConfig | None, **kwargs) -> list[Any]:
@@ -46,12 +48,13 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     """
     make = instantiate_as(cfg.phase.module, "phase.module")
     kwargs: dict[str, Any] = {}
-    if cfg.phase.name == "distill":
+    if cfg.phase.name in ("distill", "early_exit"):
         if not cfg.get("teacher"):
-            raise ConfigError("phase=distill needs teacher=<teacher run directory or "
+            raise ConfigError(f"phase={cfg.phase.name} needs teacher=<teacher run directory or "
                               "teacher.safetensors>; train one first with "
                               "`python -m pwl.train phase=teacher`")
         kwargs["teacher"] = str(Path(hydra.utils.to_absolute_path(cfg.teacher)))
+    if cfg.phase.name == "distill":
         if cfg.get("student_from"):
             kwargs["student_from"] = str(Path(hydra.utils.to_absolute_path(cfg.student_from)))
         elif cfg.loss.name == "posthoc":
@@ -124,6 +127,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> d
     if trainer.is_global_zero:
         if isinstance(module, TeacherModule):
             save_weights(module.net, run_dir / TEACHER_FILE, {"format": "pwl-teacher"})
+        elif isinstance(module, EarlyExitModule):
+            save_weights(module.heads, run_dir / EXITS_FILE, {"format": "pwl-exits"})
         else:
             save_weights(module.hybrid, run_dir / HYBRID_FILE, {"format": "pwl-hybrid"})
         save_model_cfg(module.model_cfg, run_dir)

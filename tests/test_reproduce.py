@@ -60,7 +60,7 @@ def test_portable_command_drops_the_interpreter_and_the_clone_path():
 def test_reproduce_runs_every_step_then_resumes(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, "experiments/reproduce.py", "--runs", str(runs), "--results",
-           str(results), "--seeds", "0", "--losses", "pwl", "kd", "--", *TINY,
+           str(results), "--seeds", "0", "--losses", "pwl", "kd", "--early-exit", "--", *TINY,
            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
            "trainer.limit_test_batches=1"]
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -71,7 +71,11 @@ def test_reproduce_runs_every_step_then_resumes(tmp_path):
     per_run = ["distill {}", "evaluate {} (val)", "evaluate {} (test)"]
     assert names == ["teacher",
                      *[s.format(f"{loss} seed 0") for loss in ("pwl", "kd") for s in per_run],
-                     "export", "report"]
+                     "early exit seed 0", "export", "report"]
+    per_byte = (results / "per_byte.csv").read_text().splitlines()
+    assert per_byte[0] == "seed,pwl_area,early_exit_area,total_bytes" and len(per_byte) == 2
+    assert "Accuracy per byte against the teacher's early exits" in (results / "README.md"
+                                                                     ).read_text()
     assert not any(s["skipped"] for s in summary["steps"])
     assert [c["check"] for c in summary["checks"]][0] == "teacher >= 92%"
     assert (runs / "bundle" / "manifest.json").is_file()
