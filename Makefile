@@ -86,14 +86,14 @@ reproduce-lm: install ## Language model on the KJV (experiment=lm_kjv): teacher,
 	$(PY) experiments/reproduce.py --experiment lm_kjv --losses pwl kd \
 	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) -- $(OVERRIDES)
 
-reproduce-seeds: install ## One teacher, then loss=pwl, paper and kd for SEEDS seeds (OVERRIDES=, e.g. the records' fp32); compared with the record
-	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl paper kd \
-	  --seeds $$(seq 0 $$(($(SEEDS) - 1))) --runs runs/reproduce/$(EXPERIMENT)_seeds \
+reproduce-seeds: install ## One teacher, then pwl, recipe=paper, kd, post-hoc adapters and teacher early exit for SEEDS seeds (OVERRIDES=, e.g. the records' fp32); compared with the record
+	$(PY) experiments/reproduce.py --experiment $(EXPERIMENT) --losses pwl paper kd posthoc \
+	  --early-exit --seeds $$(seq 0 $$(($(SEEDS) - 1))) --runs runs/reproduce/$(EXPERIMENT)_seeds \
 	  --record experiments/results/$(EXPERIMENT)_seeds -- $(OVERRIDES)
 
-reproduce-all: install ## reproduce (pwl, paper, kd; SEEDS seeds) and plans for the three families on Fashion-MNIST (OVERRIDES= as above)
+reproduce-all: install ## reproduce-seeds' runs and plans for the three families on Fashion-MNIST (OVERRIDES= as above)
 	for e in fmnist_resnet_narrow fmnist_vgg fmnist_vit; do \
-	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd \
+	  $(PY) experiments/reproduce.py --experiment $$e --losses pwl paper kd posthoc --early-exit \
 	    --seeds $$(seq 0 $$(($(SEEDS) - 1))) -- $(OVERRIDES) && \
 	  $(PY) experiments/plans.py --experiment $$e || exit 1; done
 

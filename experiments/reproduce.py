@@ -404,7 +404,9 @@ def main() -> None:
             # test=false: the test split is read once, by the final evaluation below.
             frozen = ([f"student_from={runs / 'distill_kd' / f'seed{seed}'}"]
                       if loss == "posthoc" else [])
-            step(f"distill {name}", [*py, "pwl.train", "phase=distill", f"loss={loss}",
+            # paper: the reference recipe exactly (its loss, optimizer and clipping)
+            preset = "recipe=paper" if loss == "paper" else f"loss={loss}"
+            step(f"distill {name}", [*py, "pwl.train", "phase=distill", preset,
                                      f"seed={seed}", f"teacher={teacher}", "test=false",
                                      *frozen, *common, f"hydra.run.dir={run}"],
                  run / "hybrid.safetensors", log, args.force, ledger)
