@@ -184,7 +184,7 @@ def _handler(state: FaultServer) -> type:
                     sent = len(body) // 2
                     self.wfile.write(body[:sent])
                     self.wfile.flush()
-                    time.sleep(0.3)  # the client reads what came before the cut
+                    time.sleep(0.5)  # the client reads what came before the cut
                 elif fault == "trickle":
                     for i in range(len(body)):
                         self.wfile.write(body[i:i + 1])
@@ -292,7 +292,10 @@ def test_transient_faults_heal(site, fault_server, faults):
     fault_server.faults[BIG] = list(faults)
     model = load_all(fault_server.url)
     assert model.error is None and torch.equal(model.predict(X), local(X, "TTTT"))
-    assert len(fault_server.served(BIG)) == 1 + ("long_length" not in faults)
+    served = fault_server.served(BIG)
+    # A body longer than its Content-Length says ends in a broken connection: whether that
+    # shows before the last byte is read is a race, after which the rest is asked for again.
+    assert len(served) == 2 or (faults == ["long_length"] and len(served) == 1)
 
 
 @pytest.mark.parametrize(("fault", "says"), [("tamper", "sha256"), ("longer", "longer than"),

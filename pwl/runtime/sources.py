@@ -23,6 +23,7 @@ and a ``URLSource`` with a cache fetches only what it lacks.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ DEFAULT_TIMEOUT = 30.0   # seconds to connect, and between two reads of a respon
 DEFAULT_DEADLINE = 3600.0  # seconds for the whole load
 DEFAULT_RETRIES = 5
 MAX_REDIRECTS = 5
-_CHUNK = 1 << 20
+_CHUNK = 4 << 20
 _BACKOFF = 0.25          # seconds before the first retry, doubled for each next one
 _MAX_BACKOFF = 8.0
 # Statuses worth asking again; every other 4xx is an answer.
@@ -254,31 +255,25 @@ class URLSource(Source):
     # --- reading ---------------------------------------------------------------------
 
     def read_small(self, rel: str, cap: int) -> bytes:
-        return self._fetch(rel, cap, None, exact=False)
+        return self._fetch(rel, cap, None, exact=False).data()
 
     def read(self, rel: str, entry: FileEntry, pacer: Pacer | None = None) -> bytes:
         if self.cache is not None:
             data = self.cache.get(entry)
             if data is not None:
                 return data
-        data = self._fetch(rel, entry.bytes, pacer or Pacer(), exact=True)
-        if len(data) != entry.bytes:
-            raise CheckpointError(f"{self.where(rel)} has {len(data)} bytes but the manifest "
-                                  f"says {entry.bytes}; the file on the server is truncated or "
-                                  "replaced, re-export the bundle and upload it again")
-        import hashlib
-
-        sha = hashlib.sha256(data).hexdigest()
-        check_sha256(self.where(rel), entry, sha)  # type: ignore[arg-type]
+        body = self._fetch(rel, entry.bytes, pacer or Pacer(), exact=True)
+        data = body.data()
+        check_sha256(self.where(rel), entry, body.sha256())  # type: ignore[arg-type]
         if self.cache is not None:
             self.cache.put(entry, data)
         return data
 
-    def _fetch(self, rel: str, size: int, pacer: Pacer | None, exact: bool) -> bytes:
+    def _fetch(self, rel: str, size: int, pacer: Pacer | None, exact: bool) -> _Body:
         """File ``rel``: at most ``size`` bytes (plus one to show it is longer, unless
-        ``exact``, where a longer file is an error), resumed across failures."""
+        ``exact``, where it is exactly ``size`` bytes or an error), resumed across failures."""
         url = self.where(rel)
-        buf = bytearray()
+        buf = _Body()
         failures = 0
         while True:
             self._check_deadline(url)
@@ -291,7 +286,7 @@ class URLSource(Source):
                 finally:
                     stream.close()
                 if done:
-                    return bytes(buf)
+                    return buf
                 raise _Transient(f"the response ended at byte {len(buf)} of {size}")
             except _Transient as e:
                 failures += 1
@@ -301,16 +296,17 @@ class URLSource(Source):
                                           "link, or raise retries=") from None
                 self._sleep(min(_BACKOFF * 2 ** (failures - 1), _MAX_BACKOFF), pacer, url)
 
-    def _read_body(self, stream: Any, buf: bytearray, size: int, pacer: Pacer | None,
+    def _read_body(self, stream: Any, buf: _Body, size: int, pacer: Pacer | None,
                    url: str, exact: bool) -> bool:
         """Appends the response to ``buf``; True once the file is whole."""
         want = size if exact else size + 1
+        step = pacer.chunk_size if pacer is not None and pacer.rate is not None else _CHUNK
         try:
             while len(buf) < want:
-                chunk = stream.read(min(_CHUNK, want - len(buf)))
+                chunk = stream.read(min(step, want - len(buf)))
                 if not chunk:
                     return not exact  # the body ended: whole unless the size is known
-                buf += chunk
+                buf.append(chunk)
                 self.bytes += len(chunk)
                 if pacer is not None:
                     pacer.consumed(len(chunk))
@@ -423,6 +419,32 @@ class URLSource(Source):
                 raise LoadingStopped
         else:
             time.sleep(seconds)
+
+
+class _Body:
+    """A download's bytes so far, hashed as they arrive."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._hash = hashlib.sha256()
+
+    def append(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        self._hash.update(chunk)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _content_range_start(header: str) -> int | None:
