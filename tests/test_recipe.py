@@ -21,6 +21,9 @@ def test_recipe_paper_brings_the_reference_loss_optimizer_and_clipping():
     assert (cfg.optim.scheduler.warmup_epochs, cfg.optim.scheduler.min_lr) == (0, 1e-5)
     assert cfg.loss.adapter_lr_mult == 0.2 and cfg.model.adapter == "identity_if_equal"
     assert cfg.trainer.gradient_clip_val == 1.0
+    # an experiment's own optimizer never wins over the recipe's
+    vit = compose_cfg("train", ["recipe=paper", "experiment=fmnist_vit", "phase=distill"])
+    assert (vit.optim.optimizer._target_, vit.optim.optimizer.lr) == ("torch.optim.SGD", 0.05)
 
 
 def test_the_paper_distance_is_mse_plus_the_per_sample_cosine_over_the_flattened_feature():
