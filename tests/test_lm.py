@@ -16,6 +16,7 @@ from pwl.errors import ConfigError, DataError
 from pwl.models import gpt
 from pwl.report import report
 from pwl.stages import COLUMNS, evaluate_stages, read_stages, write_stages
+from pwl.stages.curves import load_curve
 from pwl.stages.files import metric_of_rows
 from pwl.stages.metrics import BPC
 from pwl.stages.plans import best_order
@@ -24,9 +25,9 @@ from pwl.vocab import CharVocab
 from tests.conftest import compose_cfg, model_cfg
 
 # The LM pair at its full size on the synthetic corpus, a few batches on CPU.
-LM_FAST = ["experiment=lm_kjv", "data.source=synthetic", "data.context_length=32",
-           "data.batch_size=8", "data.eval_batch_size=32", "trainer=cpu", "debug=fast",
-           "logger=none", "epochs.teacher=1", "epochs.distill=1"]
+LM_FAST = ["experiment=lm_kjv", "data.source=synthetic", "data.batch_size=4",
+           "data.eval_batch_size=16", "trainer=cpu", "debug=fast", "logger=none",
+           "epochs.teacher=1", "epochs.distill=1"]
 
 
 def synthetic(**kwargs) -> TextDataModule:
@@ -221,3 +222,12 @@ def test_report_tabulates_bits_per_character(tmp_path):
     student = next(r.bpc for r in result.rows if r.mask == "SSS")
     assert f"| student | {student:.3f} |" in text
     assert (tmp_path / "report" / "bpc_vs_k.png").is_file()
+
+
+def test_load_curve_of_bits_per_character_counts_from_the_first_answer():
+    bpc = {"SS": 3.0, "TS": 2.5, "TT": 2.0}
+    curve = load_curve([(1.0, "SS"), (2.0, "TS"), (4.0, "TT")], bpc, metric=BPC)
+    assert curve.time_to_teacher_s == 4.0
+    # 1 s at 3.0, then 2 s at 2.5, over the 3 s after the first answer.
+    assert curve.mean_accuracy_load == pytest.approx((3.0 + 5.0) / 3)
+    assert curve.mean_accuracy_window is None

@@ -16,6 +16,11 @@ time the last stage became active) it scores one load; over a fixed window (such
 as the time the fp32 teacher alone needs to load at the same bandwidth) it
 compares loads of different lengths.
 
+A language model's curve holds bits per character (lower is better; pass
+``metric=BPC``): the time to the teacher is then the first stage at or below the
+teacher's, and its areas count only from the first answer (there is no bits-per-
+character value of "no answer"), normalised over the window after it.
+
 Monotonicity is the share of inputs a stage's mask gets right and the next
 one's gets wrong (``StageEvaluator`` counts it with ``flip_pairs``).
 """
@@ -27,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pwl.errors import ConfigError
+from pwl.stages.metrics import ACCURACY, StageMetric
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,8 @@ def mean_accuracy(stages: Sequence[tuple[float, str, float]], window_s: float) -
 
 
 def load_curve(events: Sequence[tuple[float, str]], accuracy: Mapping[str, float],
-               first_answer_s: float | None = None, window_s: float | None = None
-               ) -> LoadCurve:
+               first_answer_s: float | None = None, window_s: float | None = None,
+               metric: StageMetric = ACCURACY) -> LoadCurve:
     """The curve and summary of a load.
 
     Args:
@@ -80,6 +86,7 @@ def load_curve(events: Sequence[tuple[float, str]], accuracy: Mapping[str, float
         accuracy: accuracy per mask (the manifest's stage accuracies).
         first_answer_s: when the first answer came; None: at the first event.
         window_s: a fixed window for ``mean_accuracy_window``.
+        metric: what ``accuracy`` holds (``pwl.stages.metrics``; see the module docstring).
 
     Raises:
         ConfigError: an event's mask has no accuracy (naming it), or no events.
@@ -96,13 +103,21 @@ def load_curve(events: Sequence[tuple[float, str]], accuracy: Mapping[str, float
     loaded = stages[-1][0]
     teacher = accuracy.get("T" * len(events[0][1]))
     reached = (None if teacher is None else
-               next((t for t, _, acc in stages if acc >= teacher), None))
+               next((t for t, _, acc in stages if metric.score(acc) >= metric.score(teacher)),
+                    None))
+    if metric.higher_is_better:
+        def mean(until: float) -> float:
+            return mean_accuracy(stages, until)
+        load = mean(loaded) if loaded > 0 else 0.0
+    else:  # from the first answer on: "no answer" has no value to average
+        shifted = [(t - start, mask, value) for t, mask, value in stages]
+
+        def mean(until: float) -> float:
+            return mean_accuracy(shifted, until - start)
+        load = mean(loaded) if loaded > start else stages[-1][2]
     return LoadCurve(stages=stages, first_answer_s=start, loaded_s=loaded,
-                     time_to_teacher_s=reached,
-                     mean_accuracy_load=mean_accuracy(stages, loaded) if loaded > 0 else 0.0,
-                     window_s=window_s,
-                     mean_accuracy_window=(mean_accuracy(stages, window_s)
-                                           if window_s is not None else None))
+                     time_to_teacher_s=reached, mean_accuracy_load=load, window_s=window_s,
+                     mean_accuracy_window=mean(window_s) if window_s is not None else None)
 
 
 def consecutive_pairs(masks: Sequence[str]) -> list[tuple[str, str]]:
