@@ -159,8 +159,10 @@ def print_plan(rows: list[PlanRow], objective: str, bandwidth: float | None,
     first = {o: next(r for r in rows if r.order == o) for o in orders}
     total = max(r.bytes_loaded for r in rows)
     if objective == "auc_time":
-        # Seconds at the bandwidth; the window starts when the student file starts loading.
-        window = (side_bytes + total) / bandwidth
+        # Seconds at the bandwidth; the window starts when the student file starts loading
+        # (accuracy 0 until it is in). Bits per character have no value of "no answer", so
+        # their window starts at the student's first answer.
+        window = (side_bytes * metric.higher_is_better + total) / bandwidth
         areas = {o: first[o].mean(metric) * total / bandwidth for o in orders}
         means = {o: areas[o] / window for o in orders}
         unit = f"{metric.name} x s"

@@ -19,7 +19,7 @@ from pwl.stages import COLUMNS, evaluate_stages, read_stages, write_stages
 from pwl.stages.curves import load_curve
 from pwl.stages.files import metric_of_rows
 from pwl.stages.metrics import BPC
-from pwl.stages.plans import best_order
+from pwl.stages.plans import best_order, read_plan_rows
 from pwl.train import train
 from pwl.vocab import CharVocab
 from tests.conftest import compose_cfg, model_cfg
@@ -231,3 +231,36 @@ def test_load_curve_of_bits_per_character_counts_from_the_first_answer():
     # 1 s at 3.0, then 2 s at 2.5, over the 3 s after the first answer.
     assert curve.mean_accuracy_load == pytest.approx((3.0 + 5.0) / 3)
     assert curve.mean_accuracy_window is None
+
+
+@pytest.fixture(scope="module")
+def lm_distill_run(tmp_path_factory):
+    """A teacher and a PWL distillation of the LM pair, a few batches each."""
+    root = tmp_path_factory.mktemp("lm")
+    train(compose_cfg("train", [*LM_FAST, "phase=teacher", f"run_dir={root / 'teacher'}"]))
+    train(compose_cfg("train", [*LM_FAST, "phase=distill", f"teacher={root / 'teacher'}",
+                                "test=false", f"run_dir={root / 'distill'}"]))
+    return root / "distill"
+
+
+def test_plan_and_evaluate_take_bits_per_character(lm_distill_run, tmp_path):
+    from pwl.evaluate import evaluate
+    from pwl.plan import plan
+
+    data = ["data=kjv", "data.source=synthetic"]  # runs trained in-process save no .hydra
+    rows = plan(compose_cfg("plan", [f"checkpoint={lm_distill_run}", f"out={tmp_path}",
+                                     "device=cpu", "limit_batches=2", *data]))
+    table = read_stages(tmp_path / "stages_all_val.csv")
+    bpc = {r.mask: r.bpc for r in table}
+    assert len(bpc) == 8 and all(v > 0 for v in bpc.values())
+    # The plan holds the least area under bpc of all orders of its table.
+    order, area = best_order(bpc, [1, 1, 1], BPC)
+    assert all(r.bpc == bpc[r.mask] for r in rows)
+    by_order = {r.order: r.mean_bpc for r in rows}
+    assert by_order["plan"] <= min(by_order["prefix"], by_order["suffix"]) + 1e-12
+    assert read_plan_rows(tmp_path / "plan.csv") == rows
+    evaluate(compose_cfg("evaluate", [f"checkpoint={lm_distill_run}", "split=test",
+                                      "orders=[prefix]", "limit_batches=2", "device=cpu",
+                                      f"out={tmp_path / 'eval'}", *data]))
+    doc = json.loads((tmp_path / "eval" / "stages.json").read_text())
+    assert (doc["metric"], doc["split"]) == ("bpc", "test")
