@@ -161,6 +161,15 @@ def _handler(state: FaultServer) -> type:
             if fault == "500":
                 self.send_error(500)
                 return state.log.append(Served(rel, 0, 500, 0))
+            if fault in ("redirect_ftp", "redirect_loop"):
+                self.send_response(302)
+                self.send_header("Location", f"ftp://127.0.0.1/{rel}" if fault == "redirect_ftp"
+                                 else self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if fault == "redirect_loop":
+                    state.faults[rel] = ["redirect_loop"]
+                return state.log.append(Served(rel, 0, 302, 0))
             if fault == "tamper":
                 data = bytearray(data)
                 data[len(data) // 2] ^= 0xFF
@@ -299,7 +308,9 @@ def test_transient_faults_heal(site, fault_server, faults):
 
 
 @pytest.mark.parametrize(("fault", "says"), [("tamper", "sha256"), ("longer", "longer than"),
-                                             ("404", "not found (404)")])
+                                             ("404", "not found (404)"),
+                                             ("redirect_ftp", "redirect"),
+                                             ("redirect_loop", "redirects more than 5 times")])
 def test_a_bad_shard_is_refused_and_the_model_keeps_its_last_good_mask(site, fault_server,
                                                                        fault, says):
     _, local = site
@@ -318,6 +329,12 @@ def test_a_trickle_past_the_timeout_ends_in_an_error(fault_server):
     model = load_all(fault_server.url, timeout=0.3, retries=1)
     assert model.mask == "SSSS" and "no data for 0.3 s" in model.events[-1].error
     assert "gave up after 1 retries" in model.events[-1].error
+
+
+def test_a_load_past_its_deadline_ends_in_an_error(fault_server):
+    fault_server.faults["teacher/block_0.safetensors"] = ["trickle"]
+    model = load_all(fault_server.url, deadline=1.0)
+    assert model.mask == "SSSS" and "passed its deadline of 1 s" in model.events[-1].error
 
 
 def test_the_cache_serves_a_second_open_without_shard_requests(site, fault_server, tmp_path):

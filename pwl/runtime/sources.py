@@ -388,6 +388,9 @@ class URLSource(Source):
             if isinstance(error, aiohttp.TooManyRedirects):
                 return CheckpointError(f"{url} redirects more than {MAX_REDIRECTS} times; fix "
                                        "the URL or the server's redirects")
+            if isinstance(error, aiohttp.RedirectClientError):  # e.g. to a non-http URL
+                return CheckpointError(f"{url} redirects to {str(error)[:200]}; a bundle is "
+                                       "read over http(s) only, fix the server's redirect")
             if isinstance(error, (aiohttp.ClientSSLError, aiohttp.InvalidURL)):
                 return CheckpointError(f"{url}: {type(error).__name__}: "
                                        f"{str(error)[:200]}; "
