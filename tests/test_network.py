@@ -18,7 +18,9 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,14 +65,11 @@ def site(tmp_path_factory):
     return root, local
 
 
-@pytest.fixture(scope="module")
-def nginx(site, tmp_path_factory):
-    """nginx as the current user on a free port: ``/`` at full speed, ``/slow/`` throttled."""
+@contextmanager
+def running_nginx(run: Path, port: int, server: str):
+    """nginx as the current user, with ``server`` as its one server block, until the end."""
     if NGINX is None:
         pytest.skip("nginx is not installed (make install adds nginx-light where apt is usable)")
-    root, _ = site
-    run = tmp_path_factory.mktemp("nginx")
-    port = free_port()
     temp = "\n".join(f"  {kind}_temp_path {run / kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (run / "nginx.conf").write_text(f"""
@@ -85,9 +84,7 @@ http {{
 {temp}
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    location /slow/ {{ alias {root}/; limit_rate {THROTTLE}; }}
+{server}
   }}
 }}
 """)
@@ -96,10 +93,43 @@ http {{
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def nginx(site, tmp_path_factory):
+    """nginx on a free port: ``/`` at full speed, ``/slow/`` throttled (``limit_rate``)."""
+    root, _ = site
+    port = free_port()
+    with running_nginx(tmp_path_factory.mktemp("nginx"), port, f"""
+    listen 127.0.0.1:{port};
+    root {root};
+    location /slow/ {{ alias {root}/; limit_rate {THROTTLE}; }}"""):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def nginx_tls(site, tmp_path_factory):
+    """nginx over https with a self-signed certificate for 127.0.0.1; the URL and the cert."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test's certificate)")
+    root, _ = site
+    run = tmp_path_factory.mktemp("nginx-tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(run / "key.pem"), "-out", str(run / "cert.pem")],
+                   check=True, capture_output=True)
+    port = free_port()
+    with running_nginx(run, port, f"""
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {run / 'cert.pem'};
+    ssl_certificate_key {run / 'key.pem'};
+    root {root};"""):
+        yield f"https://127.0.0.1:{port}", run / "cert.pem"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -268,6 +298,15 @@ def test_nginx_answers_equal_a_local_open_at_every_stage(site, nginx):
         assert torch.equal(logits, local(X, mask)), mask
     assert model.mask == masks[-1] and model.error is None
     assert verify(f"{nginx}/bundle/").num_blocks == len(masks) - 1
+
+
+def test_https_is_verified_against_the_system_or_the_given_authorities(site, nginx_tls):
+    _, local = site
+    url, cert = nginx_tls
+    with pytest.raises(CheckpointError, match="ca_bundle="):
+        ProgressiveModel.open(f"{url}/bundle/", retries=0, timeout=5)
+    model = load_all(f"{url}/bundle/", ca_bundle=cert)
+    assert model.error is None and torch.equal(model.predict(X), local(X, "TTTT"))
 
 
 def test_a_server_that_ignores_range_serves_whole_files(site, plain_http):
