@@ -27,7 +27,7 @@ import torch
 
 from pwl.errors import CheckpointError
 from pwl.runtime import ProgressiveModel, load_bundle_hybrid, read_manifest, verify
-from tests.conftest import export_tiny, run_module
+from tests.conftest import compose_cfg, export_tiny, run_module
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)),
                                       None)
@@ -419,11 +419,15 @@ def test_serve_streams_a_bundle_from_its_url(nginx, tmp_path):
     assert len(list((tmp_path / "cache").rglob("*/*/*"))) == 6  # the student, adapters, 4 blocks
 
 
-def test_serve_names_an_unreachable_url_in_one_line(tmp_path):
+def test_serve_names_an_unreachable_url_in_one_line(capsys):
+    from pwl.cli import user_errors_as_one_line
+    from pwl.serve import serve
+
     url = f"http://127.0.0.1:{free_port()}/bundle/"
-    proc = run_module("pwl.serve", f"bundle={url}", f"hydra.run.dir={tmp_path}", "retries=0")
-    assert proc.returncode == 2
-    assert url in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        user_errors_as_one_line(serve)(compose_cfg("serve", [f"bundle={url}", "retries=0"]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and url in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bench_copies_a_url_and_measures_it_beside_the_copy(site, nginx, tmp_path):
