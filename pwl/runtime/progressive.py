@@ -125,7 +125,9 @@ class ProgressiveModel:
 
         Args:
             bundle: the bundle directory, or its URL (``https://host/path/bundle/``, or any
-                fsspec URL whose filesystem is installed, e.g. ``s3://``).
+                fsspec URL whose filesystem is installed, e.g. ``s3://``), or a ``Source``
+                (e.g. a ``URLSource`` with fsspec ``storage_options`` such as credentials;
+                the URL arguments below then do not apply).
             bandwidth: bytes per second to hold every read to (number or "50MB"); None: no
                 limit. Over a URL it comes on top of the link's own rate.
             mmap: read a directory's tensors through a memory map instead of into memory.

@@ -177,11 +177,12 @@ class URLSource(Source):
 
     Args:
         url: the bundle's URL (its directory; a trailing slash is added).
-        timeout: seconds to connect and between two reads of one response.
+        timeout: http(s): seconds to connect and between two reads of one response (other
+            filesystems keep their own timeouts).
         deadline: seconds from now after which every read fails; None: no deadline.
         retries: further requests for one file after transient failures.
-        ca_bundle: a PEM file of certificate authorities to verify https against, in
-            addition to none (the system's are then not used); None: the system's.
+        ca_bundle: https: a PEM file of the certificate authorities to verify against,
+            instead of the system's; None: the system's.
         cache: verified files are read from and stored into it.
         storage_options: passed to the fsspec filesystem (credentials, endpoint ...).
 
