@@ -188,9 +188,9 @@ def _handler(state: FaultServer) -> type:
             if data is None or fault == "404":
                 self.send_error(404)
                 return state.log.append(Served(rel, 0, 404, 0))
-            if fault == "500":
-                self.send_error(500)
-                return state.log.append(Served(rel, 0, 500, 0))
+            if fault in ("500", "403"):
+                self.send_error(int(fault))
+                return state.log.append(Served(rel, 0, int(fault), 0))
             if fault in ("redirect_ftp", "redirect_loop"):
                 self.send_response(302)
                 self.send_header("Location", f"ftp://127.0.0.1/{rel}" if fault == "redirect_ftp"
@@ -348,6 +348,7 @@ def test_transient_faults_heal(site, fault_server, faults):
 
 @pytest.mark.parametrize(("fault", "says"), [("tamper", "sha256"), ("longer", "longer than"),
                                              ("404", "not found (404)"),
+                                             ("403", "HTTP 403 Forbidden; the server refuses"),
                                              ("redirect_ftp", "redirect"),
                                              ("redirect_loop", "redirects more than 5 times")])
 def test_a_bad_shard_is_refused_and_the_model_keeps_its_last_good_mask(site, fault_server,
