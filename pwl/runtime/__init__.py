@@ -14,6 +14,7 @@ from pwl.runtime.bundle import (
     STUDENT_FILE,
     Manifest,
     StageRecord,
+    copy_bundle,
     is_bundle,
     read_manifest,
     teacher_block_file,
@@ -25,5 +26,5 @@ from pwl.runtime.sources import Cache, LocalSource, Source, URLSource, is_url, o
 
 __all__ = ["ADAPTERS_FILE", "MANIFEST", "STUDENT_FILE", "BundleError", "Cache", "LoadEvent",
            "LocalSource", "Manifest", "ProgressiveModel", "Source", "StageRecord", "URLSource",
-           "is_bundle", "is_url", "load_bundle_hybrid", "open_source", "read_manifest",
+           "copy_bundle", "is_bundle", "is_url", "load_bundle_hybrid", "open_source", "read_manifest",
            "teacher_block_file", "verify", "write_bundle"]
