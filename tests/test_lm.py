@@ -264,3 +264,5 @@ def test_plan_and_evaluate_take_bits_per_character(lm_distill_run, tmp_path):
                                       f"out={tmp_path / 'eval'}", *data]))
     doc = json.loads((tmp_path / "eval" / "stages.json").read_text())
     assert (doc["metric"], doc["split"]) == ("bpc", "test")
+    masks = (tmp_path / "eval" / "masks.csv").read_text().splitlines()
+    assert masks[0].endswith(",bpc") and len(masks) == 1 + 4

@@ -50,10 +50,12 @@ def mask_teacher_params(hybrid: HybridNet, mask: str) -> int:
 
 
 def mask_costs(hybrid: HybridNet, accuracy: Mapping[str, float],
-               bundle_block_bytes: Sequence[int] | None = None) -> list[MaskBytes]:
+               bundle_block_bytes: Sequence[int] | None = None,
+               bpc: Mapping[str, float] | None = None) -> list[MaskBytes]:
     """Rows of ``masks.csv``: per mask, its accuracy, the student bytes it still runs and its
     teacher bytes at every precision (estimated), and in the bundle's files when
-    ``bundle_block_bytes`` (one size per teacher file) is given."""
+    ``bundle_block_bytes`` (one size per teacher file) is given; ``bpc`` per mask for a
+    language model."""
     per_dtype = {dtype: teacher_block_bytes(hybrid.teacher, dtype) for dtype in COST_DTYPES}
     return [MaskBytes(mask=mask, k=teacher_blocks(mask), accuracy=acc,
                       student_bytes=student_bytes(hybrid, mask),
@@ -61,5 +63,6 @@ def mask_costs(hybrid: HybridNet, accuracy: Mapping[str, float],
                       teacher_bytes_fp16=bytes_loaded(mask, per_dtype["fp16"]),
                       teacher_bytes_int8=bytes_loaded(mask, per_dtype["int8"]),
                       teacher_bytes_bundle=(bytes_loaded(mask, bundle_block_bytes)
-                                            if bundle_block_bytes is not None else None))
+                                            if bundle_block_bytes is not None else None),
+                      bpc=bpc[mask] if bpc is not None else None)
             for mask, acc in accuracy.items()]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pwl.atomic import atomic_write_text, write_dataclass_csv
+from pwl.atomic import atomic_write_text
 from pwl.errors import CheckpointError
 from pwl.masks import masks_for_order, order_key
 from pwl.stages.metrics import ACCURACY, BPC, StageMetric, metric_named
@@ -170,11 +170,26 @@ class MaskBytes:
     teacher_bytes_fp16: int
     teacher_bytes_int8: int
     teacher_bytes_bundle: int | None
+    bpc: float | None = None
 
 
 def write_masks(rows: Iterable[MaskBytes], path: str | Path) -> Path:
-    """Writes ``masks.csv`` (atomically): one row per mask, its accuracy and bytes."""
-    return write_dataclass_csv(rows, MaskBytes, path)
+    """Writes ``masks.csv`` (atomically): one row per mask, its accuracy and bytes, and a
+    language model's bits per character (``bpc``, a column only then)."""
+    rows = list(rows)
+    columns = [f.name for f in fields(MaskBytes)]
+    if all(r.bpc is None for r in rows):
+        columns.remove("bpc")
+    return _write_columns(rows, columns, path)
+
+
+def _write_columns(rows: Sequence[Any], columns: Sequence[str], path: str | Path) -> Path:
+    """Writes the ``columns`` of dataclass ``rows`` as a CSV (atomically; None as empty)."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerows(["" if (v := getattr(r, c)) is None else v for c in columns] for r in rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 
@@ -202,12 +217,7 @@ def value_by_mask(rows: Iterable[StageRow], metric: StageMetric) -> dict[str, fl
 def write_csv(rows: Iterable[StageRow], path: str | Path) -> Path:
     """Writes ``rows`` as a stages CSV (atomically), with the metric columns they fill."""
     rows = list(rows)
-    columns = columns_of(rows)
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf)
-    writer.writerow(columns)
-    writer.writerows(["" if (v := getattr(r, c)) is None else v for c in columns] for r in rows)
-    return atomic_write_text(path, buf.getvalue())
+    return _write_columns(rows, columns_of(rows), path)
 
 
 def read_stages(path: str | Path) -> list[StageRow]:

@@ -21,7 +21,14 @@ from pwl.errors import ConfigError
 from pwl.hybrid import HybridNet
 from pwl.stages.costs import mask_costs
 from pwl.stages.evaluator import evaluate_stages
-from pwl.stages.files import StageResult, accuracy_by_mask, write_masks, write_stages
+from pwl.stages.files import (
+    StageResult,
+    accuracy_by_mask,
+    value_by_mask,
+    write_masks,
+    write_stages,
+)
+from pwl.stages.metrics import BPC
 
 SPLITS = ("test", "val")
 
@@ -107,6 +114,7 @@ def write_evaluation(result: StageResult, hybrid: HybridNet, out_dir: str | Path
     """
     out_dir = Path(out_dir)
     paths = write_stages([result], out_dir, stem=stem, meta=meta)
-    costs = mask_costs(hybrid, accuracy_by_mask(result.rows), bundle_block_bytes)
+    bpc = value_by_mask(result.rows, BPC) if result.headline == BPC else None
+    costs = mask_costs(hybrid, accuracy_by_mask(result.rows), bundle_block_bytes, bpc)
     paths["masks"] = write_masks(costs, out_dir / f"masks{stem.removeprefix('stages')}.csv")
     return paths
