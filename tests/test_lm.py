@@ -15,7 +15,7 @@ from pwl.data.kjv import KJV_VOCAB, read_kjv, split_books
 from pwl.errors import ConfigError, DataError
 from pwl.models import gpt
 from pwl.report import report
-from pwl.stages import COLUMNS, evaluate_stages, read_stages, write_stages
+from pwl.stages import COLUMNS, evaluate_on_split, evaluate_stages, read_stages, write_stages
 from pwl.stages.curves import load_curve
 from pwl.stages.files import metric_of_rows
 from pwl.stages.metrics import BPC
@@ -266,3 +266,10 @@ def test_plan_and_evaluate_take_bits_per_character(lm_distill_run, tmp_path):
     assert (doc["metric"], doc["split"]) == ("bpc", "test")
     masks = (tmp_path / "eval" / "masks.csv").read_text().splitlines()
     assert masks[0].endswith(",bpc") and len(masks) == 1 + 4
+
+
+def test_evaluating_on_windows_of_another_length_is_one_clear_line():
+    with pytest.raises(ConfigError, match=r"^the data gives windows of \[32\] but the model "
+                                          r"expects \[16\]; pass the data config"):
+        evaluate_on_split(_lm_hybrid(), synthetic(context_length=32), "val", "prefix",
+                          input_shape=[16])

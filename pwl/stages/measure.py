@@ -66,7 +66,8 @@ def evaluate_on_split(hybrid: HybridNet, data: Mapping[str, Any] | DataModule, s
         batch_size: the evaluation batch size (default: the data config's).
         limit_batches: evaluate only the first batches (quick checks).
         device: ``auto``, ``cpu``, ``cuda`` or a device; None: where the hybrid is.
-        input_shape: the model's input (C, H, W); data giving other images is refused.
+        input_shape: the model's input, (C, H, W) or a language model's (L,); data giving
+            other inputs is refused.
         flip_pairs: (mask a, mask b) pairs whose right-to-wrong flips are counted.
         epoch: the ``epoch`` of the rows.
         progress: show a transient progress bar.
@@ -83,7 +84,8 @@ def evaluate_on_split(hybrid: HybridNet, data: Mapping[str, Any] | DataModule, s
         dm = build_datamodule(data, saved_from=saved_from,
                               **({"eval_batch_size": batch_size} if batch_size else {}))
     if input_shape is not None and list(dm.input_shape) != list(input_shape):
-        raise ConfigError(f"the data gives images of shape {list(dm.input_shape)} but the model "
+        what = "windows of" if len(input_shape) == 1 else "images of shape"
+        raise ConfigError(f"the data gives {what} {list(dm.input_shape)} but the model "
                           f"expects {list(input_shape)}; pass the data config it was trained "
                           "with (data=<name>)")
     if device is not None:
