@@ -16,7 +16,16 @@ the start-up cost of PWL itself. The bundle also checks the sha256 of every
 file it reads; the other variants do not. A bundle given by URL is first copied
 (checked) into the work directory and measured from there, and (e) opened from
 its URL is measured beside it: ``bundle_ratio`` and ``bundle_full_ratio`` give its
-first answer and its all-teacher answer over the local bundle's, paired by round.
+first answer and its all-teacher answer over the local bundle's, paired by round; (f) the
+student alone from the same URL (its file through the same fsspec path) is what the URL
+open's first answer is set against (``student_delta_ms``).
+
+Over a throttled server, ``link_rate=`` says the rate it holds each connection to
+(nginx's ``limit_rate``): the local variants then read at that rate (``bandwidth=``
+emulation) while the URL ones take the link's own, and each bundle's row gives its link
+use (teacher bytes / (load time x rate)), its time to the teacher's accuracy and the
+area under its accuracy over time (the manifest's stage accuracies) with the URL's area
+over the emulated one's (``area_ratio``). ``variants=`` measures a subset.
 
 The accuracy-over-time half (each dtype, each order) is a research script:
 ``experiments/curves.py``. ``bench.csv`` and ``bench.json`` go to the run directory.
@@ -47,7 +56,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from scipy import stats
 
-from pwl.bench_worker import CKPT_PREFIX, VARIANTS
+from pwl.bench_worker import BUNDLES, CKPT_PREFIX, VARIANTS
 from pwl.build import build_hybrid
 from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as_one_line
 from pwl.config import parse_bandwidth
@@ -63,13 +72,20 @@ from pwl.runtime.bundle import (
 from pwl.runtime.materialise import load_bundle_hybrid
 from pwl.runtime.sources import is_url
 from pwl.schemas import check_app_config
+from pwl.stages.curves import LoadCurve, load_curve
 
 COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first_answer_s",
            "first_answer_ratio", "student_ratio", "student_ratio_low",
            "student_ratio_high", "peak_mb", "peak_ratio", "full_answer_s",
            "full_peak_mb", "same_logits", "bundle_ratio", "bundle_full_ratio",
-           "first_requests", "first_bytes_received")
+           "first_requests", "first_bytes_received", "student_delta_ms",
+           "student_delta_ms_low", "student_delta_ms_high", "link_rate", "link_use",
+           "time_to_teacher_s", "window_s", "mean_accuracy_window", "mean_accuracy_load",
+           "area_ratio")
 STUDENT_ALONE = "student_safetensors"
+URL_VARIANTS = ("bundle_url", "student_url")
+# The student alone each variant's first answer is set against: from the same place.
+SAME_PLACE_STUDENT = {"bundle_url": "student_url", "student_url": "student_url"}
 
 
 @dataclass(frozen=True)
@@ -87,15 +103,16 @@ class Target:
 
     @property
     def variants(self) -> list[str]:
-        return [v for v in VARIANTS if v != "bundle_url" or self.url is not None]
+        return [v for v in VARIANTS if v not in URL_VARIANTS or self.url is not None]
 
     def path(self, variant: str) -> Path | str:
         return {"teacher_safetensors": self.teacher_file, "teacher_ckpt": self.ckpt_file,
                 STUDENT_ALONE: self.student_file, "bundle": self.bundle,
-                "bundle_url": self.url}[variant]
+                "bundle_url": self.url, "student_url": self.url}[variant]
 
     def files(self, variant: str) -> list[Path]:
-        path = self.bundle if variant == "bundle_url" else self.path(variant)
+        path = {"bundle_url": self.bundle,
+                "student_url": self.bundle / STUDENT_FILE}.get(variant) or self.path(variant)
         return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
@@ -206,43 +223,139 @@ def paired_ratio(times: Sequence[float], base: Sequence[float],
     return median, float(interval.low), float(interval.high)
 
 
+def paired_difference(times: Sequence[float], base: Sequence[float],
+                      confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``times[i] - base[i]`` (runs of the same round) and its bootstrap
+    interval; NaN bounds with fewer than 3 rounds."""
+    diffs = np.asarray(times, dtype=float) - np.asarray(base, dtype=float)
+    median = float(np.median(diffs))
+    if len(diffs) < 3:
+        return median, math.nan, math.nan
+    if np.ptp(diffs) == 0:
+        return median, median, median
+    interval = stats.bootstrap((diffs,), np.median, confidence_level=confidence,
+                               method="percentile", rng=np.random.default_rng(0)
+                               ).confidence_interval
+    return median, float(interval.low), float(interval.high)
+
+
+def link_use(run: Mapping[str, Any], rate: float | None) -> float | None:
+    """Bytes read after the first answer (adapters and teacher) over (the time from the
+    start of loading to the last block x ``rate``): 1 when the load kept the link full."""
+    if rate is None or "event_bytes" not in run or len(run["events"]) < 2:
+        return None
+    seconds = run["events"][-1][0] - run["loading_started_s"]
+    return sum(run["event_bytes"][1:]) / (seconds * rate) if seconds > 0 else None
+
+
+def run_curve(run: Mapping[str, Any], accuracy: Mapping[str, float],
+              window_s: float | None) -> LoadCurve | None:
+    """The accuracy over time of one bundle run (``load_curve``), None without the stage
+    accuracies of its masks (e.g. a random-weight pair) or without its load."""
+    if "events" not in run or any(mask not in accuracy for _, mask in run["events"]):
+        return None
+    return load_curve([(t, mask) for t, mask in run["events"]], accuracy,
+                      run["first_answer_s"], window_s)
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
 def measure_target(target: Target, bandwidth: float | str | None = None, mmap: bool = False,
                    cold: bool = True, full: bool = True, threads: int | None = None,
-                   repeats: int = 1) -> list[dict[str, Any]]:
+                   repeats: int = 1, link_rate: float | str | None = None,
+                   variants: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per variant: times, peaks, and their ratios to ``teacher_safetensors``.
+
+    ``link_rate``: the rate the server holds a URL's connection to; the local variants
+    then read at it (emulated) and the URL variants unpaced. ``variants``: those of
+    ``target.variants`` to measure (None: all); ratios to a variant left out are NaN.
 
     ``student_ratio`` is the first answer over the student alone's: the median over
     rounds of the two times of one round (``paired_ratio``), with the bounds of its 95%
     interval in ``student_ratio_low``/``student_ratio_high``. ``same_logits``:
     for the student alone, its logits equal the bundle's first answer; for the others,
     the all-teacher logits equal those of the teacher from one safetensors file.
+    ``student_delta_ms``: the first answer minus the student alone's from the same place
+    (``student_url`` for a URL, ``student_safetensors`` on disk), paired by round.
     """
     rate = parse_bandwidth(bandwidth)
+    link = parse_bandwidth(link_rate, "link_rate")
+    unknown = [v for v in variants or [] if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"variants: {unknown[0]!r} is unknown; pick from {list(VARIANTS)}")
+    chosen = [v for v in target.variants if variants is None or v in variants]
+    if not chosen:
+        raise ConfigError(f"variants={list(variants or [])} leaves nothing to measure for "
+                          f"{target.name}; pick from {target.variants}")
     manifest = read_manifest(target.bundle)
     teacher_bytes = target.teacher_file.stat().st_size
+    student_entry = manifest.files[STUDENT_FILE]
     first_bytes = {"teacher_safetensors": teacher_bytes,
                    "teacher_ckpt": target.ckpt_file.stat().st_size,
                    STUDENT_ALONE: target.student_file.stat().st_size,
-                   "bundle": manifest.files[STUDENT_FILE].bytes,
-                   "bundle_url": manifest.files[STUDENT_FILE].bytes}
+                   "bundle": student_entry.bytes, "bundle_url": student_entry.bytes,
+                   "student_url": student_entry.bytes}
+
+    def rate_of(variant: str) -> float | None:
+        """The pace a variant's reads are given: a URL's link is the server's own."""
+        return rate if variant in URL_VARIANTS or rate else link
+
+    def held_rate(variant: str) -> float | None:
+        """The rate a variant's reads were held to, by the link or the pacer."""
+        rates = [r for r in (rate_of(variant), link if variant in URL_VARIANTS else None) if r]
+        return min(rates) if rates else None
+
     # Variants alternate within each round, so a drift of the machine over the minutes
     # a target takes hits every variant alike instead of whichever ran last.
-    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in target.variants}
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in chosen}
     for _ in range(repeats):
-        for variant in target.variants:
+        for variant in chosen:
             if cold:
                 evict(target.files(variant))
             runs[variant].append(run_variant({
                 "variant": variant, "path": str(target.path(variant)),
-                "model_cfg": target.model_cfg, "bandwidth": rate, "mmap": mmap, "full": full,
-                "threads": threads}))
+                "model_cfg": target.model_cfg, "bandwidth": rate_of(variant), "mmap": mmap,
+                "full": full, "threads": threads,
+                "entry": {"bytes": student_entry.bytes, "sha256": student_entry.sha256}}))
     results = {variant: _median_run(r) for variant, r in runs.items()}
-    ref = results["teacher_safetensors"]
-    student_times = [r["first_answer_s"] for r in runs[STUDENT_ALONE]]
+    ref = results.get("teacher_safetensors", {"first_answer_s": math.nan, "peak_bytes": 0,
+                                              "full_logits": None})
+    accuracy = manifest.stage_accuracies()
+    # The comparison window: the time the teacher's files take at the rate of the link.
+    window = manifest.teacher_bytes() / (link or rate) if (link or rate) else None
+    curves = {v: [run_curve(run, accuracy, window) for run in r] for v, r in runs.items()}
+
+    def paired(fn: Any, variant: str, base: str, key: str) -> tuple[float, float, float]:
+        """``fn`` (paired_ratio, paired_difference) of ``key`` over ``base``'s, by round."""
+        if base not in runs:
+            return math.nan, math.nan, math.nan
+        return fn([run[key] for run in runs[variant]], [run[key] for run in runs[base]])
+
+    def areas(variant: str) -> list[float]:
+        return [math.nan if c is None or c.mean_accuracy_window is None
+                else c.mean_accuracy_window for c in curves[variant]]
+
+    def same_logits(variant: str, r: Mapping[str, Any]) -> bool | None:
+        # An answer must not depend on how the weights were loaded: a student alone answers
+        # as the bundle's first answer, every all-teacher answer as (a) (or the bundle).
+        if variant in (STUDENT_ALONE, "student_url"):
+            other, key = results.get("bundle", results.get("bundle_url")), "logits"
+        else:
+            other, key = results.get("teacher_safetensors", results.get("bundle")), "full_logits"
+        if other is None or (other is r and variant != "teacher_safetensors"):
+            return None  # nothing measured here to compare with
+        return r[key] == other[key]
+
     rows = []
     for variant, r in results.items():
-        ratio, low, high = paired_ratio([run["first_answer_s"] for run in runs[variant]],
-                                        student_times)
+        ratio, low, high = paired(paired_ratio, variant, STUDENT_ALONE, "first_answer_s")
+        delta, delta_low, delta_high = paired(
+            paired_difference, variant, SAME_PLACE_STUDENT.get(variant, STUDENT_ALONE),
+            "first_answer_s")
+        variant_curves = [c for c in curves[variant] if c is not None]
         rows.append({
             "target": target.name,
             "bandwidth": bandwidth_label(rate),
@@ -260,16 +373,27 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
             "full_peak_mb": r["full_peak_bytes"] / 2**20,
             # An answer must not depend on how the weights were loaded: the student alone
             # answers as the bundle's first answer, every other all-teacher answer as (a).
-            "same_logits": (r["logits"] == results["bundle"]["logits"]
-                            if variant == STUDENT_ALONE
-                            else r["full_logits"] == ref["full_logits"]),
-            "bundle_ratio": paired_ratio([run["first_answer_s"] for run in runs[variant]],
-                                         [run["first_answer_s"] for run in runs["bundle"]])[0],
-            "bundle_full_ratio": paired_ratio(
-                [run["full_answer_s"] for run in runs[variant]],
-                [run["full_answer_s"] for run in runs["bundle"]])[0],
+            "same_logits": same_logits(variant, r),
+            "bundle_ratio": paired(paired_ratio, variant, "bundle", "first_answer_s")[0],
+            "bundle_full_ratio": paired(paired_ratio, variant, "bundle", "full_answer_s")[0],
             "first_requests": r.get("first_requests"),
             "first_bytes_received": r.get("first_bytes_received"),
+            "student_delta_ms": 1000 * delta,
+            "student_delta_ms_low": 1000 * delta_low,
+            "student_delta_ms_high": 1000 * delta_high,
+            "link_rate": held_rate(variant) if variant in BUNDLES else None,
+            "link_use": _median_or_none([link_use(run, held_rate(variant))
+                                         for run in runs[variant]]),
+            "time_to_teacher_s": _median_or_none([c.time_to_teacher_s
+                                                  for c in variant_curves]),
+            "window_s": window if variant_curves else None,
+            "mean_accuracy_window": _median_or_none([c.mean_accuracy_window
+                                                     for c in variant_curves]),
+            "mean_accuracy_load": _median_or_none([c.mean_accuracy_load
+                                                   for c in variant_curves]),
+            "area_ratio": (paired_ratio(areas(variant), areas("bundle"))[0]
+                           if variant == "bundle_url" and window and variant_curves
+                           and any(curves.get("bundle", [])) else None),
         })
     return rows
 
@@ -291,9 +415,38 @@ def results_table(rows: Sequence[dict[str, Any]]) -> Table:
                       f"{r['first_answer_ratio']:.3f}", student_ratio_cell(r),
                       f"{r['peak_mb']:.1f}",
                       f"{r['peak_ratio']:.3f}", f"{r['full_answer_s']:.3f} s",
-                      f"{r['full_peak_mb']:.1f}", "yes" if r["same_logits"] else "[red]NO[/red]",
+                      f"{r['full_peak_mb']:.1f}",
+                      {True: "yes", False: "[red]NO[/red]", None: "-"}[r["same_logits"]],
                       f"{r['bundle_ratio']:.3f}, {r['bundle_full_ratio']:.3f}"
                       if r["variant"] == "bundle_url" else "")
+    return table
+
+
+def network_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """The URL and throttled-link columns: first answer over the student alone from the
+    same place, requests and bytes before it, link use, time to the teacher's accuracy and
+    the accuracy-over-time area (the URL's over the emulated one's)."""
+    table = Table(title="over the network: first answer - the student alone's from the same "
+                  "place (ms, 95% interval), link use, accuracy over time")
+    for name in ("target", "link", "variant", "first answer", "- student alone (ms)",
+                 "requests", "bytes before", "link use", "teacher acc. at", "window",
+                 "mean acc. (window)", "area / emulated"):
+        table.add_column(name, justify="left" if name in ("target", "variant") else "right")
+
+    def cell(value: Any, fmt: str) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) \
+            else format(value, fmt)
+
+    for r in rows:
+        delta = cell(r["student_delta_ms"], ".1f")
+        if delta and not math.isnan(r["student_delta_ms_low"]):
+            delta += f" [{r['student_delta_ms_low']:.1f}, {r['student_delta_ms_high']:.1f}]"
+        table.add_row(r["target"], bandwidth_label(r["link_rate"]) if r["link_rate"] else "",
+                      r["variant"], f"{r['first_answer_s']:.3f} s", delta,
+                      cell(r["first_requests"], "d"), cell(r["first_bytes_received"], ","),
+                      cell(r["link_use"], ".3f"), cell(r["time_to_teacher_s"], ".3f"),
+                      cell(r["window_s"], ".2f"), cell(r["mean_accuracy_window"], ".4f"),
+                      cell(r["area_ratio"], ".4f"))
     return table
 
 
@@ -324,6 +477,16 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
         parse_bandwidth(bw, "bandwidths")
     if cfg.repeats < 1:
         raise ConfigError(f"repeats={cfg.repeats} must be at least 1")
+    link_rate = parse_bandwidth(cfg.get("link_rate"), "link_rate")
+    if link_rate and any(parse_bandwidth(bw) for bw in bandwidths):
+        raise ConfigError("link_rate= paces the local variants at the server's rate; leave "
+                          "bandwidths=[null] with it")
+    variants = cfg.get("variants")
+    if variants is not None:
+        variants = list(variants)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"variants: {unknown[0]!r} is unknown; pick from {list(VARIANTS)}")
     console = make_console()
     out = run_dir()
     workdir = Path(to_absolute_path(cfg.workdir)) if cfg.workdir else None
@@ -350,9 +513,11 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
             for bw in bandwidths:
                 console.print(f"measuring {target.name} at bandwidth {bw or 'none'} ...")
                 rows += measure_target(target, bw, cfg.mmap, cfg.cold, cfg.full, cfg.threads,
-                                       cfg.repeats)
+                                       cfg.repeats, link_rate, variants)
     write_results(rows, out)
     console.print(results_table(rows))
+    if any(r["link_rate"] or r["variant"] in URL_VARIANTS for r in rows):
+        console.print(network_table(rows))
     console.print(f"bench.csv and bench.json in {out}")
     return rows
 

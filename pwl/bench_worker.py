@@ -17,6 +17,10 @@ Variants:
         own by default) and answers again, and returns the load's events.
     bundle_url: the same, the bundle opened from its URL (``path`` is the URL); also
         returns the requests made and bytes received before the first answer.
+    student_url: the student alone from the same URL: the bundle's student file fetched
+        through the same fsspec path (size and sha256 of ``entry`` checked, as the bundle
+        checks them) and built, without the manifest; what the URL open's first answer
+        costs without PWL (the import of fsspec and aiohttp counts on both sides).
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ from pwl.blocks import BlockNet
 from pwl.build import check_saved_model_cfg
 from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
+from pwl.runtime.bundle import STUDENT_FILE
 from pwl.runtime.materialise import assign, build_on_meta
 from pwl.runtime.progressive import ProgressiveModel
-from pwl.runtime.storage import Pacer, read_file
+from pwl.runtime.sources import URLSource
+from pwl.runtime.storage import FileEntry, Pacer, read_file
 
-VARIANTS = ("teacher_safetensors", "teacher_ckpt", "student_safetensors", "bundle", "bundle_url")
+VARIANTS = ("teacher_safetensors", "teacher_ckpt", "student_safetensors", "bundle", "bundle_url",
+            "student_url")
 BUNDLES = ("bundle", "bundle_url")
+URLS = ("bundle_url", "student_url")
 CKPT_PREFIX = "net."
 
 
@@ -102,6 +110,19 @@ def load_teacher_ckpt(path: Path, model_cfg: dict[str, Any], pacer: Pacer,
     return teacher.eval()
 
 
+def load_student_url(url: str, entry: dict[str, Any], model_cfg: dict[str, Any],
+                     pacer: Pacer) -> tuple[BlockNet, URLSource]:
+    """The student alone from a bundle's URL (its file checked against ``entry``), and the
+    source that fetched it (its request and byte counts)."""
+    from safetensors.torch import load
+
+    source = URLSource(url)
+    data = source.read(STUDENT_FILE, FileEntry(int(entry["bytes"]), str(entry["sha256"])), pacer)
+    net = build_on_meta(model_cfg["student"], "student", url)
+    assign([(net, "student.")], load(data), source.where(STUDENT_FILE))
+    return net.eval(), source
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one variant (see the module docstring) and returns its timings and memory.
 
@@ -113,7 +134,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     Returns:
         first_answer_s, peak_bytes (rise of VmHWM over the resident size before
         loading), logits digest, and for the bundle full_answer_s / full_peak_bytes
-        and events ([t, mask] per stage, seconds since open).
+        and events ([t, mask] per stage, seconds since open), event_bytes (read per
+        stage) and loading_started_s; for a URL the requests and bytes before the first answer.
     """
     variant = spec["variant"]
     if variant not in VARIANTS:
@@ -124,7 +146,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     check_saved_model_cfg(model_cfg, "spec.model_cfg")
     rate = parse_bandwidth(spec.get("bandwidth"))
     mmap = bool(spec.get("mmap", False))
-    path = spec["path"] if variant == "bundle_url" else Path(spec["path"])
+    path = spec["path"] if variant in URLS else Path(spec["path"])
     x = torch.randn(1, *model_cfg["input_shape"],
                     generator=torch.Generator().manual_seed(spec.get("seed", 0)))
     torch.set_grad_enabled(False)
@@ -136,6 +158,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         logits = model.predict(x)
         first_requests = getattr(model.source, "requests", None)
         first_bytes = getattr(model.source, "bytes", None)
+    elif variant == "student_url":
+        student, source = load_student_url(path, spec["entry"], model_cfg, Pacer(rate))
+        logits = student(x)
+        first_requests, first_bytes = source.requests, source.bytes
     elif variant == "teacher_ckpt":
         logits = load_teacher_ckpt(path, model_cfg, Pacer(rate), mmap)(x)
     else:
@@ -147,9 +173,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
               "logits": logits_digest(logits), "full_answer_s": first}
     result["full_peak_bytes"] = result["peak_bytes"]
     result["full_logits"] = result["logits"]
-    if variant == "bundle_url":
+    if variant in URLS:
         result.update(first_requests=first_requests, first_bytes_received=first_bytes)
     if variant in BUNDLES and spec.get("full", True):
+        loading_started = model.elapsed()
         model.start_loading(spec.get("order"))
         model.wait()
         logits = model.predict(x)
@@ -157,7 +184,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         result.update(full_answer_s=time.perf_counter() - began,
                       full_peak_bytes=memory_status().get("VmHWM", baseline) - baseline,
                       full_logits=logits_digest(logits), final_mask=model.mask,
-                      events=[[e.t, e.mask] for e in model.events if e.error is None])
+                      loading_started_s=loading_started,
+                      events=[[e.t, e.mask] for e in model.events if e.error is None],
+                      event_bytes=[e.bytes_read for e in model.events if e.error is None])
     return result
 
 

@@ -436,7 +436,7 @@ def test_bench_copies_a_url_and_measures_it_beside_the_copy(site, nginx, tmp_pat
 
     root, _ = site
     target = bundle_target(f"{nginx}/bundle/", tmp_path / "whole")
-    assert target.variants[-2:] == ["bundle", "bundle_url"]
+    assert target.variants[-3:] == ["bundle", "bundle_url", "student_url"]
     for rel in ("manifest.json", "teacher/block_3.safetensors"):
         assert (target.bundle / rel).read_bytes() == (root / "bundle" / rel).read_bytes()
     result = run_variant({"variant": "bundle_url", "path": target.url,
@@ -464,3 +464,30 @@ def test_evaluate_takes_a_bundle_url(nginx, tmp_path):
     finally:
         HydraConfig.instance().cfg = None
     assert result.samples > 0 and (tmp_path / "stages.csv").is_file()
+
+
+def test_bench_sets_the_url_open_against_the_student_alone_from_the_same_throttled_server(
+        site, nginx, tmp_path):
+    from pwl.bench import bundle_target, measure_target
+
+    root, _ = site
+    target = bundle_target(f"{nginx}/slow/bundle/", tmp_path / "whole")
+    rows = measure_target(target, cold=False, link_rate=THROTTLE.replace("m", "MiB"),
+                          variants=["bundle", "bundle_url", "student_url"])
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == ["bundle", "bundle_url", "student_url"]
+    student = by["student_url"]
+    # the student's file alone: one request, its bytes, and the bundle's first answer
+    assert student["first_requests"] == 1 and student["same_logits"]
+    assert student["first_bytes_received"] == (root / "bundle" / "student.safetensors").stat(
+        ).st_size
+    assert student["student_delta_ms"] == 0 and student["link_use"] is None
+    url = by["bundle_url"]
+    assert url["first_requests"] == 2 and url["same_logits"]
+    assert url["student_delta_ms"] == pytest.approx(
+        1000 * (url["first_answer_s"] - student["first_answer_s"]))
+    # the link is nginx's, the local bundle's the emulation of it: both about full
+    for r in (url, by["bundle"]):
+        assert r["link_rate"] == 2 * 2**20 and 0.5 < r["link_use"] <= 1.05, r
+    # the tiny bundle's manifest has no accuracy for every mask: no curve
+    assert url["area_ratio"] is None and url["time_to_teacher_s"] is None

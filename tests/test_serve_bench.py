@@ -8,8 +8,11 @@ from omegaconf import OmegaConf
 
 from pwl.bench import (
     bundle_target,
+    link_use,
     measure_target,
+    paired_difference,
     paired_ratio,
+    run_curve,
 )
 from pwl.data.registry import build_datamodule
 from pwl.masks import masks_for_order
@@ -127,6 +130,30 @@ def test_paired_ratio_pairs_runs_of_one_round_and_bounds_its_median():
     assert paired_ratio([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]) == (2.0, 2.0, 2.0)
     ratio, low, high = paired_ratio([2.0, 3.0], [1.0, 1.0])
     assert ratio == 2.5 and math.isnan(low) and math.isnan(high)
+
+
+def test_paired_difference_subtracts_runs_of_one_round():
+    base = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert paired_difference([b + 0.01 for b in base], base) == pytest.approx((0.01,) * 3)
+    delta, low, high = paired_difference([1.01, 2.02, 3.03, 4.0, 5.1], base)
+    assert delta == pytest.approx(0.02) and low <= 0.02 <= high <= 0.1
+    delta, low, high = paired_difference([2.0, 3.0], [1.0, 1.0])
+    assert delta == 1.5 and math.isnan(low) and math.isnan(high)
+
+
+def test_link_use_and_the_load_curve_of_a_bench_run():
+    # student at 0.5 s (first answer 0.6 s), loading from 1 s, 3 MB in 2 blocks by 4 s
+    run = {"first_answer_s": 0.6, "loading_started_s": 1.0,
+           "events": [[0.5, "SS"], [2.0, "TS"], [4.0, "TT"]],
+           "event_bytes": [100, 1_000_000, 2_000_000]}
+    assert link_use(run, 1e6) == pytest.approx(3e6 / (3.0 * 1e6))
+    assert link_use(run, None) is None
+    curve = run_curve(run, {"SS": 0.5, "TS": 0.6, "TT": 0.8}, window_s=5.0)
+    # 0 until 0.6 s, 0.5 to 2 s, 0.6 to 4 s, 0.8 to 5 s
+    assert curve.mean_accuracy_window == pytest.approx((0.5 * 1.4 + 0.6 * 2 + 0.8 * 1) / 5)
+    assert curve.time_to_teacher_s == 4.0
+    assert run_curve(run, {"SS": 0.5, "TT": 0.8}, window_s=5.0) is None  # no TS accuracy
+    assert run_curve({"first_answer_s": 0.1}, {"SS": 0.5}, None) is None  # no load
 
 
 def test_bench_measures_the_four_variants(tmp_path):
