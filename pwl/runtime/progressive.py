@@ -240,6 +240,61 @@ class ProgressiveModel:
 
     __call__ = predict
 
+    def generate_with_masks(self, prompt: str, max_new_tokens: int, *, seed: int | None = None,
+                            temperature: float = 0.0) -> tuple[str, list[str]]:
+        """The continuation of ``prompt`` by a language-model bundle, and the mask of each token.
+
+        Each token is one prediction: it runs wholly on one mask (a swap between tokens
+        changes the next token's mask, never a token's own). The window is the last
+        ``context_length`` tokens of prompt and continuation.
+
+        Args:
+            prompt: text over the bundle's vocabulary (``data.vocab`` of its manifest).
+            max_new_tokens: how many tokens to add.
+            seed: the sampler's seed (``temperature > 0``); None draws from torch's RNG.
+            temperature: 0 picks the most likely token; above 0 samples from the softmax of
+                logits / temperature.
+
+        Raises:
+            ConfigError: the bundle is no language model, or a bad argument.
+            DataError: the prompt holds a symbol outside the vocabulary (names it).
+        """
+        from pwl.errors import ConfigError
+        from pwl.vocab import CharVocab
+
+        symbols = (self.manifest.data or {}).get("vocab")
+        if self._student.task != "language_model" or not symbols:
+            raise ConfigError(f"{self.bundle} holds no language model with a vocabulary; "
+                              "generate() needs a bundle exported from a data=kjv run")
+        if max_new_tokens < 0 or temperature < 0:
+            raise ConfigError("max_new_tokens and temperature must be >= 0")
+        vocab = CharVocab(symbols, f"{self.bundle}'s data.vocab")
+        tokens = vocab.encode(prompt, "the prompt").tolist()
+        if not tokens:
+            raise ConfigError("the prompt is empty; give at least one character")
+        window = int(self.manifest.model["teacher"]["context_length"])
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        new, masks = [], []
+        for _ in range(max_new_tokens):
+            x = torch.tensor([tokens[-window:]], dtype=torch.long)
+            logits, mask = self.predict_with_mask(x)
+            last = logits[0, -1].float().cpu()
+            if temperature == 0:
+                token = int(last.argmax())
+            else:
+                probs = torch.softmax(last / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            tokens.append(token)
+            new.append(token)
+            masks.append(mask)
+        return prompt + vocab.decode(new), masks
+
+    def generate(self, prompt: str, max_new_tokens: int, *, seed: int | None = None,
+                 temperature: float = 0.0) -> str:
+        """``prompt`` and its continuation (see ``generate_with_masks``)."""
+        return self.generate_with_masks(prompt, max_new_tokens, seed=seed,
+                                        temperature=temperature)[0]
+
     def start_loading(self, order: LoadingOrder | None = None) -> list[str]:
         """Starts loading teacher blocks in a background thread.
 
