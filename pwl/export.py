@@ -40,8 +40,9 @@ def measure_stage_records(hybrid: HybridNet, dtype: str, masks: list[str],
     stored = stored_hybrid(hybrid, stored_blocks(hybrid.teacher, dtype), dtype)
     result = evaluate_on_split(stored, data_cfg, split, masks, saved_from=data_source,
                                device="cpu")
-    return [StageRecord(mask=m, k=m.count("T"), accuracy=result.accuracy(m), split=split,
-                        precision=dtype) for m in masks]
+    rows = {r.mask: r for r in result.rows}
+    return [StageRecord(mask=m, k=m.count("T"), accuracy=rows[m].accuracy, bpc=rows[m].bpc,
+                        split=split, precision=dtype) for m in masks]
 
 
 def find_data_cfg(setting: str | None, checkpoint: Path

@@ -123,6 +123,9 @@ class Serve(OpenSchema):
     max_seconds: Positive | None = None
     max_batches: Count | None = None
     tail_batches: Annotated[int, Field(ge=0)] = 20
+    max_new_tokens: Annotated[int, Field(ge=0)] = 400
+    tokens_per_step: Count = 8
+    temperature: Annotated[float, Field(ge=0)] = 0.0
 
     _bandwidth = field_validator("bandwidth")(_rate)
 

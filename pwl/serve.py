@@ -190,6 +190,8 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     check_app_config(cfg, "serve")
     bundle = cfg.bundle if is_url(cfg.bundle) else Path(to_absolute_path(cfg.bundle))
     manifest = read_manifest(open_source(bundle, **url_options(cfg)))
+    if manifest.data and manifest.data.get("vocab"):
+        return serve_text(cfg, bundle, manifest)
     data_cfg, source = cfg.get("data"), None
     if data_cfg is not None:
         data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
@@ -241,6 +243,62 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
                           parse_bandwidth(cfg.bandwidth), flips)
     (out / "curve.json").write_text(json.dumps(report, indent=2) + "\n")
     console.print(curve_summary(report))
+    return rows
+
+
+def serve_text(cfg: DictConfig, bundle: Path | str, manifest: Manifest) -> list[dict[str, Any]]:
+    """A language-model bundle continues ``cfg.prompt`` while its teacher loads; the text is
+    shown as it grows with the current stage and its recorded bits per character. Writes
+    ``generation.json`` (the text, each token's mask) and ``events.json``; returns one row
+    per chunk of tokens."""
+    out = run_dir()
+    console = make_console()
+    values = manifest.stage_values()
+    model = ProgressiveModel.open(bundle, bandwidth=cfg.bandwidth, mmap=cfg.mmap,
+                                  device=cfg.device, **url_options(cfg))
+    rows: list[dict[str, Any]] = []
+    text, masks = cfg.prompt, []
+    window = int(manifest.model["teacher"]["context_length"])
+
+    def view() -> Table:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        bpc = values.get(model.mask)
+        table.add_row("mask", f"{model.mask}  (teacher blocks {model.stage}/{model.num_blocks})"
+                      + (f"  bpc {bpc:.3f}" if bpc is not None else ""))
+        table.add_row("text", text[-600:])
+        return table
+
+    with model:
+        model.start_loading(cfg.loading_order if cfg.loading_order is None
+                            else OmegaConf.to_container(cfg.loading_order)
+                            if OmegaConf.is_config(cfg.loading_order) else cfg.loading_order)
+        live = Live(view(), console=console, refresh_per_second=8) if cfg.live else None
+        with live or nullcontext():
+            while len(masks) < cfg.max_new_tokens:
+                began = model.elapsed()
+                step = min(cfg.tokens_per_step, cfg.max_new_tokens - len(masks))
+                more, used = model.generate_with_masks(text[-window:], step, seed=None
+                                                       if cfg.seed is None else cfg.seed
+                                                       + len(masks),
+                                                       temperature=cfg.temperature)
+                text += more[len(text[-window:]):]
+                masks += used
+                rows.append({"t": model.elapsed(), "tokens": len(masks), "mask": used[-1],
+                             "tokens_per_s": step / max(model.elapsed() - began, 1e-9)})
+                if live:
+                    live.update(view())
+        events = model.events
+    (out / "generation.json").write_text(json.dumps(
+        {"prompt": cfg.prompt, "text": text, "masks": masks, "rows": rows}, indent=2) + "\n")
+    (out / "events.json").write_text(json.dumps([e.to_json() for e in events], indent=2) + "\n")
+    if not cfg.live:
+        console.print(text)
+    console.print(f"{len(masks)} tokens on masks {' -> '.join(dict.fromkeys(masks))}; "
+                  f"outputs in {out}")
+    if model.error is not None:
+        raise model.error
     return rows
 
 

@@ -68,3 +68,18 @@ def test_an_image_bundle_cannot_generate(tmp_path):
     _, bundle = export_tiny(tmp_path / "bundle")
     with ProgressiveModel.open(bundle) as model, pytest.raises(ConfigError, match="language"):
         model.generate("x", 1)
+
+
+def test_serve_prints_the_text_of_a_language_model_bundle_as_it_loads(lm_bundle, tmp_path):
+    import json
+
+    from tests.conftest import run_module
+
+    bundle, _ = lm_bundle
+    out = tmp_path / "serve"
+    proc = run_module("pwl.serve", f"bundle={bundle}", f"hydra.run.dir={out}", "live=false",
+                      "max_new_tokens=24", "prompt=And God said")
+    assert proc.returncode == 0, proc.stderr
+    generation = json.loads((out / "generation.json").read_text())
+    assert generation["text"].startswith("And God said") and len(generation["masks"]) == 24
+    assert generation["text"] in proc.stdout

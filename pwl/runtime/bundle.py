@@ -96,6 +96,7 @@ class StageRecord(Schema):
     mask: str = Field(max_length=MAX_BLOCKS)
     k: int = Field(ge=0, le=MAX_BLOCKS)
     accuracy: float = Field(ge=0.0, le=1.0)
+    bpc: float | None = Field(default=None, ge=0.0)  # a language model's bits per character
     split: Literal["val", "test"] | None = None
     precision: Dtype | None = None
 
@@ -152,6 +153,11 @@ class Manifest(Schema):
 
     def stage_accuracies(self) -> dict[str, float]:
         return {r.mask: r.accuracy for r in self.stages}
+
+    def stage_values(self) -> dict[str, float]:
+        """The headline metric per recorded mask: bits per character for a language model
+        (its records carry ``bpc``), else accuracy."""
+        return {r.mask: r.bpc if r.bpc is not None else r.accuracy for r in self.stages}
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
