@@ -24,8 +24,11 @@ Over a throttled server, ``link_rate=`` says the rate it holds each connection t
 (nginx's ``limit_rate``): the local variants then read at that rate (``bandwidth=``
 emulation) while the URL ones take the link's own, and each bundle's row gives its link
 use (teacher bytes / (load time x rate)), its time to the teacher's accuracy and the
-area under its accuracy over time (the manifest's stage accuracies) with the URL's area
-over the emulated one's (``area_ratio``). ``variants=`` measures a subset.
+area under its accuracy over time (the manifest's stage accuracies) over the teacher's
+load time at that rate, counted from the open (``mean_accuracy_window``, as ``pwl.serve``)
+and from the first answer (``mean_accuracy_answered``: how the blocks arrived, without the
+start-up), with the URL's area over the emulated one's (``area_ratio``,
+``area_ratio_answered``). ``variants=`` measures a subset.
 
 The accuracy-over-time half (each dtype, each order) is a research script:
 ``experiments/curves.py``. ``bench.csv`` and ``bench.json`` go to the run directory.
@@ -81,7 +84,7 @@ COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first
            "first_requests", "first_bytes_received", "student_delta_ms",
            "student_delta_ms_low", "student_delta_ms_high", "link_rate", "link_use",
            "time_to_teacher_s", "window_s", "mean_accuracy_window", "mean_accuracy_load",
-           "area_ratio")
+           "area_ratio", "mean_accuracy_answered", "area_ratio_answered", "connections")
 STUDENT_ALONE = "student_safetensors"
 URL_VARIANTS = ("bundle_url", "student_url")
 # The student alone each variant's first answer is set against: from the same place.
@@ -249,13 +252,17 @@ def link_use(run: Mapping[str, Any], rate: float | None) -> float | None:
 
 
 def run_curve(run: Mapping[str, Any], accuracy: Mapping[str, float],
-              window_s: float | None) -> LoadCurve | None:
+              window_s: float | None, from_answer: bool = False) -> LoadCurve | None:
     """The accuracy over time of one bundle run (``load_curve``), None without the stage
-    accuracies of its masks (e.g. a random-weight pair) or without its load."""
+    accuracies of its masks (e.g. a random-weight pair) or without its load.
+
+    ``from_answer``: its clock starts at the first answer instead of the open.
+    """
     if "events" not in run or any(mask not in accuracy for _, mask in run["events"]):
         return None
-    return load_curve([(t, mask) for t, mask in run["events"]], accuracy,
-                      run["first_answer_s"], window_s)
+    start = run["first_answer_s"] if from_answer else 0.0
+    return load_curve([(t - start, mask) for t, mask in run["events"]], accuracy,
+                      run["first_answer_s"] - start, window_s)
 
 
 def _median_or_none(values: Sequence[float | None]) -> float | None:
@@ -266,12 +273,15 @@ def _median_or_none(values: Sequence[float | None]) -> float | None:
 def measure_target(target: Target, bandwidth: float | str | None = None, mmap: bool = False,
                    cold: bool = True, full: bool = True, threads: int | None = None,
                    repeats: int = 1, link_rate: float | str | None = None,
-                   variants: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                   variants: Sequence[str] | None = None,
+                   connections: int = 1) -> list[dict[str, Any]]:
     """One row per variant: times, peaks, and their ratios to ``teacher_safetensors``.
 
     ``link_rate``: the rate the server holds a URL's connection to; the local variants
     then read at it (emulated) and the URL variants unpaced. ``variants``: those of
     ``target.variants`` to measure (None: all); ratios to a variant left out are NaN.
+    ``connections``: files a bundle reads at once while loading (its link use can then
+    reach ``connections``, the server's rate being per connection).
 
     ``student_ratio`` is the first answer over the student alone's: the median over
     rounds of the two times of one round (``paired_ratio``), with the bounds of its 95%
@@ -318,7 +328,7 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
             runs[variant].append(run_variant({
                 "variant": variant, "path": str(target.path(variant)),
                 "model_cfg": target.model_cfg, "bandwidth": rate_of(variant), "mmap": mmap,
-                "full": full, "threads": threads,
+                "full": full, "threads": threads, "connections": connections,
                 "entry": {"bytes": student_entry.bytes, "sha256": student_entry.sha256}}))
     results = {variant: _median_run(r) for variant, r in runs.items()}
     ref = results.get("teacher_safetensors", {"first_answer_s": math.nan, "peak_bytes": 0,
@@ -327,6 +337,8 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
     # The comparison window: the time the teacher's files take at the rate of the link.
     window = manifest.teacher_bytes() / (link or rate) if (link or rate) else None
     curves = {v: [run_curve(run, accuracy, window) for run in r] for v, r in runs.items()}
+    answered = {v: [run_curve(run, accuracy, window, from_answer=True) for run in r]
+                for v, r in runs.items()}
 
     def paired(fn: Any, variant: str, base: str, key: str) -> tuple[float, float, float]:
         """``fn`` (paired_ratio, paired_difference) of ``key`` over ``base``'s, by round."""
@@ -334,9 +346,16 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
             return math.nan, math.nan, math.nan
         return fn([run[key] for run in runs[variant]], [run[key] for run in runs[base]])
 
-    def areas(variant: str) -> list[float]:
+    def areas(variant: str, of: dict[str, list[LoadCurve | None]]) -> list[float]:
         return [math.nan if c is None or c.mean_accuracy_window is None
-                else c.mean_accuracy_window for c in curves[variant]]
+                else c.mean_accuracy_window for c in of[variant]]
+
+    def area_ratio(variant: str, of: dict[str, list[LoadCurve | None]]) -> float | None:
+        """The URL's area over the emulated one's, paired by round."""
+        if variant != "bundle_url" or not window or not any(of[variant]) or \
+                not any(of.get("bundle", [])):
+            return None
+        return paired_ratio(areas(variant, of), areas("bundle", of))[0]
 
     def same_logits(variant: str, r: Mapping[str, Any]) -> bool | None:
         # An answer must not depend on how the weights were loaded: a student alone answers
@@ -391,9 +410,11 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
                                                      for c in variant_curves]),
             "mean_accuracy_load": _median_or_none([c.mean_accuracy_load
                                                    for c in variant_curves]),
-            "area_ratio": (paired_ratio(areas(variant), areas("bundle"))[0]
-                           if variant == "bundle_url" and window and variant_curves
-                           and any(curves.get("bundle", [])) else None),
+            "area_ratio": area_ratio(variant, curves),
+            "mean_accuracy_answered": _median_or_none([c.mean_accuracy_window
+                                                       for c in answered[variant] if c]),
+            "area_ratio_answered": area_ratio(variant, answered),
+            "connections": connections if variant in BUNDLES else None,
         })
     return rows
 
@@ -428,9 +449,10 @@ def network_table(rows: Sequence[dict[str, Any]]) -> Table:
     the accuracy-over-time area (the URL's over the emulated one's)."""
     table = Table(title="over the network: first answer - the student alone's from the same "
                   "place (ms, 95% interval), link use, accuracy over time")
-    for name in ("target", "link", "variant", "first answer", "- student alone (ms)",
+    for name in ("target", "link", "conn.", "variant", "first answer", "- student alone (ms)",
                  "requests", "bytes before", "link use", "teacher acc. at", "window",
-                 "mean acc. (window)", "area / emulated"):
+                 "mean acc. (window)", "area / emulated", "from 1st answer",
+                 "area / emulated (1st)"):
         table.add_column(name, justify="left" if name in ("target", "variant") else "right")
 
     def cell(value: Any, fmt: str) -> str:
@@ -442,11 +464,12 @@ def network_table(rows: Sequence[dict[str, Any]]) -> Table:
         if delta and not math.isnan(r["student_delta_ms_low"]):
             delta += f" [{r['student_delta_ms_low']:.1f}, {r['student_delta_ms_high']:.1f}]"
         table.add_row(r["target"], bandwidth_label(r["link_rate"]) if r["link_rate"] else "",
-                      r["variant"], f"{r['first_answer_s']:.3f} s", delta,
+                      cell(r["connections"], "d"), r["variant"], f"{r['first_answer_s']:.3f} s", delta,
                       cell(r["first_requests"], "d"), cell(r["first_bytes_received"], ","),
                       cell(r["link_use"], ".3f"), cell(r["time_to_teacher_s"], ".3f"),
                       cell(r["window_s"], ".2f"), cell(r["mean_accuracy_window"], ".4f"),
-                      cell(r["area_ratio"], ".4f"))
+                      cell(r["area_ratio"], ".4f"), cell(r["mean_accuracy_answered"], ".4f"),
+                      cell(r["area_ratio_answered"], ".4f"))
     return table
 
 
@@ -481,6 +504,9 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
     if link_rate and any(parse_bandwidth(bw) for bw in bandwidths):
         raise ConfigError("link_rate= paces the local variants at the server's rate; leave "
                           "bandwidths=[null] with it")
+    connections = int(cfg.get("connections") or 1)
+    if connections < 1:
+        raise ConfigError(f"connections={connections} must be at least 1")
     variants = cfg.get("variants")
     if variants is not None:
         variants = list(variants)
@@ -513,7 +539,7 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
             for bw in bandwidths:
                 console.print(f"measuring {target.name} at bandwidth {bw or 'none'} ...")
                 rows += measure_target(target, bw, cfg.mmap, cfg.cold, cfg.full, cfg.threads,
-                                       cfg.repeats, link_rate, variants)
+                                       cfg.repeats, link_rate, variants, connections)
     write_results(rows, out)
     console.print(results_table(rows))
     if any(r["link_rate"] or r["variant"] in URL_VARIANTS for r in rows):

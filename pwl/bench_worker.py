@@ -154,7 +154,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = memory_status().get("VmRSS", 0)
     began = time.perf_counter()
     if variant in BUNDLES:
-        model = ProgressiveModel.open(path, bandwidth=rate, mmap=mmap)
+        model = ProgressiveModel.open(path, bandwidth=rate, mmap=mmap,
+                                      connections=int(spec.get("connections") or 1))
         logits = model.predict(x)
         first_requests = getattr(model.source, "requests", None)
         first_bytes = getattr(model.source, "bytes", None)

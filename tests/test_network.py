@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pwl.errors import CheckpointError
+from pwl.errors import CheckpointError, ConfigError
 from pwl.runtime import ProgressiveModel, load_bundle_hybrid, read_manifest, verify
 from tests.conftest import compose_cfg, export_tiny, run_module
 
@@ -298,6 +298,21 @@ def test_nginx_answers_equal_a_local_open_at_every_stage(site, nginx):
         assert torch.equal(logits, local(X, mask)), mask
     assert model.mask == masks[-1] and model.error is None
     assert verify(f"{nginx}/bundle/").num_blocks == len(masks) - 1
+
+
+def test_several_connections_read_ahead_and_still_swap_in_order(site, nginx, fault_server):
+    root, local = site
+    model = load_all(f"{nginx}/slow/bundle/", connections=3)
+    masks = read_manifest(root / "bundle").loading_order
+    assert model.error is None and [e.mask for e in model.events] == masks
+    assert torch.equal(model.predict(X), local(X, masks[-1]))
+    # a bad shard read ahead still ends the load at the last good mask, when its turn comes
+    fault_server.faults["teacher/block_2.safetensors"] = ["tamper"]
+    model = load_all(fault_server.url, connections=4)
+    assert model.mask == "TTSS" and "sha256" in model.events[-1].error
+    assert torch.equal(model.predict(X), local(X, "TTSS"))
+    with pytest.raises(ConfigError, match="connections=0"):
+        open_url(fault_server.url, connections=0)
 
 
 def test_https_is_verified_against_the_system_or_the_given_authorities(site, nginx_tls):

@@ -152,6 +152,9 @@ def test_link_use_and_the_load_curve_of_a_bench_run():
     # 0 until 0.6 s, 0.5 to 2 s, 0.6 to 4 s, 0.8 to 5 s
     assert curve.mean_accuracy_window == pytest.approx((0.5 * 1.4 + 0.6 * 2 + 0.8 * 1) / 5)
     assert curve.time_to_teacher_s == 4.0
+    # counted from the first answer: the same stages 0.6 s earlier, over the same window
+    curve = run_curve(run, {"SS": 0.5, "TS": 0.6, "TT": 0.8}, window_s=5.0, from_answer=True)
+    assert curve.mean_accuracy_window == pytest.approx((0.5 * 1.4 + 0.6 * 2 + 0.8 * 1.6) / 5)
     assert run_curve(run, {"SS": 0.5, "TT": 0.8}, window_s=5.0) is None  # no TS accuracy
     assert run_curve({"first_answer_s": 0.1}, {"SS": 0.5}, None) is None  # no load
 

@@ -192,15 +192,19 @@ def assign(parts: Sequence[tuple[nn.Module, str]], tensors: Mapping[str, torch.T
 
 def load_file(bundle: str | Path | Source, manifest: Manifest, rel: str,
               parts: Sequence[tuple[nn.Module, str]], pacer: Pacer | None = None,
-              mmap: bool = False, device: torch.device | str = "cpu") -> int:
+              mmap: bool = False, device: torch.device | str = "cpu",
+              data: bytes | None = None) -> int:
     """Reads bundle file ``rel`` (size, sha256 and header checked) into ``parts``; its bytes.
 
     ``mmap`` maps a directory's file after hashing it; a URL's file is read into memory.
+    ``data``: the file as ``source.read`` returned it (size and sha256 checked), read ahead.
     """
     source = open_source(bundle)
     dtype = manifest.dtype(rel)
     expected = expected_tensors(parts, dtype)
-    if mmap and isinstance(source, LocalSource):
+    if data is not None:
+        tensors = bytes_tensors(source.where(rel), manifest.entry(rel), data, device, expected)
+    elif mmap and isinstance(source, LocalSource):
         tensors = read_tensors(source.path(rel), manifest.entry(rel), pacer, True, device,
                                expected)
     else:

@@ -17,12 +17,17 @@ tensors moved to meta). They are freed only once every prediction still
 running on the previous snapshot has finished: the loader waits for that
 count to drop to zero, which costs it at most one prediction's time, whereas
 freeing under a running prediction would crash it or mix masks.
+
+With ``connections=k`` the loader reads up to k files ahead at once, each on its own
+request (a server such as nginx limits the rate of each connection), and still swaps them
+in the loading order.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ import torch
 from pwl.blocks import BlockNet
 from pwl.build import check_saved_model_cfg
 from pwl.config import parse_bandwidth
-from pwl.errors import CheckpointError, PWLError
+from pwl.errors import CheckpointError, ConfigError, PWLError
 from pwl.hybrid import HybridNet
 from pwl.masks import LoadingOrder, parts_needed, teacher_blocks
 from pwl.runtime.bundle import ADAPTERS_FILE, FIX, MANIFEST, STUDENT_FILE, Manifest, read_manifest
@@ -73,6 +78,35 @@ class LoadEvent:
         return asdict(self)
 
 
+class _ReadAhead:
+    """Reads a bundle's files ahead, up to ``connections`` at once, in the order given."""
+
+    def __init__(self, source: Source, manifest: Manifest, rels: list[str], pacer: Pacer,
+                 connections: int) -> None:
+        self._source, self._manifest, self._pacer = source, manifest, pacer
+        self._pending = list(rels)
+        self._reads: dict[str, Future[bytes]] = {}
+        self._connections = connections
+        self._pool = ThreadPoolExecutor(connections, thread_name_prefix="pwl-read")
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._pending and len(self._reads) < self._connections:
+            rel = self._pending.pop(0)
+            self._reads[rel] = self._pool.submit(self._source.read, rel,
+                                                 self._manifest.entry(rel), self._pacer)
+
+    def take(self, rel: str) -> bytes:
+        """File ``rel``'s checked bytes, once read; the next file starts reading."""
+        data = self._reads.pop(rel).result()
+        self._fill()
+        return data
+
+    def close(self) -> None:
+        """Stops starting reads; those running end at their next chunk (the pacer's stop)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _Snapshot:
     """A mask predictions run on, and how many predictions are running on it."""
 
@@ -91,13 +125,15 @@ class ProgressiveModel:
 
     def __init__(self, source: Source, manifest: Manifest, student: BlockNet,
                  device: torch.device, bandwidth: float | None, mmap: bool,
-                 started: float) -> None:
+                 started: float, connections: int = 1) -> None:
         self.source = source
         self.bundle = source.location
         self.manifest = manifest
         self.device = device
         self.bandwidth = bandwidth
         self.mmap = mmap
+        self.connections = connections
+        self._read_ahead: _ReadAhead | None = None
         self._student = student
         # Built (teacher on meta, adapters unread) when loading starts: the first answer
         # needs the student only.
@@ -120,7 +156,7 @@ class ProgressiveModel:
              mmap: bool = False, device: str | torch.device = "cpu",
              cache_dir: str | Path | bool | None = None, timeout: float = DEFAULT_TIMEOUT,
              deadline: float | None = DEFAULT_DEADLINE, retries: int = DEFAULT_RETRIES,
-             ca_bundle: str | Path | None = None) -> ProgressiveModel:
+             ca_bundle: str | Path | None = None, connections: int = 1) -> ProgressiveModel:
         """Opens a bundle: reads the manifest and the student file, and builds the student.
 
         Args:
@@ -140,12 +176,18 @@ class ProgressiveModel:
             deadline: URLs: seconds from now for the whole load; None: none.
             retries: URLs: further requests for one file after transient failures.
             ca_bundle: https: a PEM file of the certificate authorities to verify against.
+            connections: files read at once while loading, each on its own request (a
+                server that limits each connection's rate, such as nginx, then gives k times
+                the rate); blocks still swap in the loading order. A ``bandwidth`` limit is
+                shared by them all.
 
         Raises:
             CheckpointError: naming the file or URL, if the manifest does not match the files
                 (a missing file, a wrong size, the student's sha256, N) or a download fails.
         """
         started = time.perf_counter()
+        if int(connections) < 1:
+            raise ConfigError(f"connections={connections} must be at least 1")
         device = torch.device(device)
         rate = parse_bandwidth(bandwidth)
         source = open_source(bundle, cache_dir=cache_dir, timeout=timeout, deadline=deadline,
@@ -159,7 +201,8 @@ class ProgressiveModel:
                                   f"builds a student of N={student.num_blocks} blocks; {FIX}")
         size = load_file(source, manifest, STUDENT_FILE, file_parts(student, STUDENT_FILE),
                          Pacer(rate), mmap, device)
-        model = cls(source, manifest, student.eval(), device, rate, mmap, started)
+        model = cls(source, manifest, student.eval(), device, rate, mmap, started,
+                    int(connections))
         model._record(LoadEvent(0, model.mask, None, model.elapsed(), size, model.elapsed()))
         return model
 
@@ -348,6 +391,11 @@ class ProgressiveModel:
 
     def _load(self, masks: list[str], blocks: list[int]) -> None:
         pacer = Pacer(self.bandwidth, self._stop)
+        if self.connections > 1:
+            self._read_ahead = _ReadAhead(
+                self.source, self.manifest,
+                [ADAPTERS_FILE, *(self.manifest.block_file(b) for b in blocks)], pacer,
+                self.connections)
         try:
             for step, (block, mask) in enumerate(zip(blocks, masks[1:]), start=1):
                 if self._stop.is_set():
@@ -373,11 +421,15 @@ class ProgressiveModel:
                 self._record(LoadEvent(teacher_blocks(mask), mask, block, self.elapsed(),
                                        size, time.perf_counter() - began))
         finally:
+            if self._read_ahead is not None:
+                self._stop.set()  # reads still running ahead end at their next chunk
+                self._read_ahead.close()
             self._done.set()
 
     def _load_file(self, rel: str, pacer: Pacer) -> int:
+        data = self._read_ahead.take(rel) if self._read_ahead is not None else None
         return load_file(self.source, self.manifest, rel, file_parts(self._hybrid, rel), pacer,
-                         self.mmap, self.device)
+                         self.mmap, self.device, data)
 
     def _fail(self, error: PWLError, block: int) -> None:
         self._error = error
