@@ -15,7 +15,7 @@ TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all reproduce-lm data-kjv record plans sweep-losses reproduce-cifar10 \
-        reproduce-cifar100 bench-train bench-load serve docs
+        reproduce-cifar100 bench-train bench-load serve serve-http docs
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -129,3 +129,30 @@ bench-load: install ## Time to first answer and peak memory: whole teacher vs bu
 
 serve: install ## Answer test images while the bundle loads (BUNDLE=<dir>, BANDWIDTH=20MB to emulate a download)
 	$(PY) -m pwl.serve bundle=$(BUNDLE) $(if $(BANDWIDTH),bandwidth=$(BANDWIDTH))
+
+RATE ?= 2m
+serve-http: install ## Serve test images from a bundle by URL: nginx (as you, on 127.0.0.1, limit_rate RATE=2m) hosts BUNDLE, or a short EXPERIMENT run's export when absent
+	@set -e; nginx=$$(command -v nginx || echo /usr/sbin/nginx); \
+	test -x "$$nginx" || { echo "nginx is not installed: make nginx (or sudo apt-get install nginx-light)"; exit 2; }; \
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/pwl-serve-http.XXXXXX"); pid=; \
+	trap 'test -n "$$pid" && kill $$pid 2>/dev/null; wait 2>/dev/null; rm -rf "$$tmp"' EXIT INT TERM; \
+	bundle="$(BUNDLE)"; \
+	if [ ! -f "$$bundle/manifest.json" ]; then \
+	  echo "no bundle in $$bundle (make reproduce writes it): exporting one of a short $(EXPERIMENT) run"; \
+	  $(PY) -m pwl.train phase=teacher experiment=$(EXPERIMENT) debug=fast hydra.run.dir=$$tmp/teacher >$$tmp/train.log 2>&1; \
+	  $(PY) -m pwl.train phase=distill experiment=$(EXPERIMENT) debug=fast teacher=$$tmp/teacher \
+	    hydra.run.dir=$$tmp/distill >>$$tmp/train.log 2>&1; \
+	  $(PY) -m pwl.export checkpoint=$$tmp/distill out=$$tmp/bundle >>$$tmp/train.log 2>&1; bundle=$$tmp/bundle; \
+	fi; \
+	port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	mkdir -p $$tmp/nginx; \
+	printf '%s\n' 'daemon off;' 'master_process off;' 'worker_processes 1;' "pid $$tmp/nginx/nginx.pid;" \
+	  "error_log $$tmp/nginx/error.log warn;" 'events { worker_connections 64; }' 'http {' '  access_log off;' \
+	  "  client_body_temp_path $$tmp/nginx/body; proxy_temp_path $$tmp/nginx/proxy;" \
+	  "  fastcgi_temp_path $$tmp/nginx/fastcgi; uwsgi_temp_path $$tmp/nginx/uwsgi; scgi_temp_path $$tmp/nginx/scgi;" \
+	  '  default_type application/octet-stream;' "  server { listen 127.0.0.1:$$port;" \
+	  "    location /bundle/ { alias $$(realpath $$bundle)/; limit_rate $(RATE); } }" '}' >$$tmp/nginx/nginx.conf; \
+	"$$nginx" -c $$tmp/nginx/nginx.conf -p $$tmp/nginx -e $$tmp/nginx/error.log & pid=$$!; \
+	for i in $$(seq 50); do $(PY) -c "import socket; socket.create_connection(('127.0.0.1', $$port), 0.2)" 2>/dev/null && break; sleep 0.1; done; \
+	echo "nginx serves $$bundle at http://127.0.0.1:$$port/bundle/ (limit_rate $(RATE) per connection)"; \
+	$(PY) -m pwl.serve bundle=http://127.0.0.1:$$port/bundle/
