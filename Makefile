@@ -112,13 +112,13 @@ sweep-losses: install ## Multirun: alignment distances x cross-path modes on the
 	  loss.terms.cross_path.mode=random,all_prefix hydra.sweep.dir=multirun/sweep-losses
 	$(PY) -m pwl.report multirun/sweep-losses --out experiments/results/sweep-losses
 
-reproduce-cifar10: install ## CIFAR-10 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
-	$(PY) experiments/reproduce.py --experiment cifar_resnet --runs runs/reproduce/cifar10_resnet \
-	  --results experiments/results/cifar10_resnet -- data=cifar10 trainer=gpu
+reproduce-cifar10: install ## CIFAR-10 ResNet pair at the paper's scale with its recipe (recipe=paper) beside pwl and kd (GPU; data in data/ or PWL_DATA_DIR)
+	$(PY) experiments/reproduce.py --experiment cifar_resnet --losses paper pwl kd \
+	  --runs runs/reproduce/cifar10_resnet -- data=cifar10 trainer=gpu $(OVERRIDES)
 
-reproduce-cifar100: install ## CIFAR-100 ResNet pair at the paper's scale (GPU; data in data/ or PWL_DATA_DIR)
-	$(PY) experiments/reproduce.py --experiment cifar_resnet --runs runs/reproduce/cifar100_resnet \
-	  --results experiments/results/cifar100_resnet -- data=cifar100 trainer=gpu
+reproduce-cifar100: install ## CIFAR-100 ResNet pair at the paper's scale with its recipe (recipe=paper) beside pwl and kd (GPU; data in data/ or PWL_DATA_DIR)
+	$(PY) experiments/reproduce.py --experiment cifar_resnet --losses paper pwl kd \
+	  --runs runs/reproduce/cifar100_resnet -- data=cifar100 trainer=gpu $(OVERRIDES)
 
 bench-train: install ## Distill step and stage evaluation of 4 pairs: images/s, overhead, step/floor, vs naive; speed switches vs fp32; the step table again under the training defaults
 	$(PY) experiments/bench_train.py --eval --levers
