@@ -118,3 +118,20 @@ def _hybrid_from_ckpt(path: Path) -> tuple[HybridNet, dict[str, Any]]:
         raise CheckpointError(f"{path} does not match its model config: missing "
                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     return hybrid.eval(), cfg
+
+
+def data_cfg_of(given: Any, checkpoint: str | Path) -> tuple[dict[str, Any], Path | None]:
+    """The data config to evaluate ``checkpoint`` on: ``given`` (a ``data=<name>`` node) if
+    set, else the one saved with the run or bundle, and the file it came from.
+
+    Raises:
+        ConfigError: neither exists (says to pass ``data=<name>``).
+    """
+    if given is not None:
+        return OmegaConf.to_container(given, resolve=True), None
+    data_cfg, source = saved_data_cfg(checkpoint, fix="pass data=<name> instead")
+    if data_cfg is None:
+        raise ConfigError(f"{checkpoint} has no saved data config; pass one with data=<name> "
+                          "(e.g. data=fashion_mnist)")
+    return data_cfg, source
+

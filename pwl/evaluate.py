@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pwl.checkpoint import load_hybrid, saved_data_cfg
+from pwl.checkpoint import data_cfg_of, load_hybrid
 from pwl.cli import CONF_DIR, user_errors_as_one_line
 from pwl.errors import CheckpointError, ConfigError
 from pwl.masks import parse_orders
@@ -86,13 +86,7 @@ def evaluate(cfg: DictConfig) -> StageResult:
     orders = list(cfg.orders)
     parse_orders(orders, hybrid.num_blocks)  # fail on a bad order before loading the data
 
-    if cfg.get("data") is not None:
-        data_cfg, source = OmegaConf.to_container(cfg.data, resolve=True), None
-    else:
-        data_cfg, source = saved_data_cfg(checkpoint, fix="pass data=<name> instead")
-    if data_cfg is None:
-        raise ConfigError(f"{checkpoint} has no saved data config; pass one with data=<name> "
-                          "(e.g. data=fashion_mnist)")
+    data_cfg, source = data_cfg_of(cfg.get("data"), checkpoint)
     console = Console()
     console.print(f"evaluating {checkpoint} on the {split} split of "
                   f"{source or 'data=' + str(data_cfg.get('_target_'))}", soft_wrap=True)

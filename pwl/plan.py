@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pwl.checkpoint import load_hybrid, run_dir_of, saved_data_cfg
+from pwl.checkpoint import data_cfg_of, load_hybrid, run_dir_of
 from pwl.cli import CONF_DIR, human_bytes, user_errors_as_one_line
 from pwl.config import parse_bandwidth
 from pwl.errors import CheckpointError, ConfigError
@@ -65,13 +65,7 @@ def evaluate_all_masks(cfg: DictConfig, checkpoint: Path, hybrid: HybridNet,
                        model_cfg: dict[str, Any], out: Path, console: Console
                        ) -> list[StageRow]:
     """Every mask measured on the validation split, also written as ``ALL_MASKS_STEM``."""
-    if cfg.get("data") is not None:
-        data_cfg, source = OmegaConf.to_container(cfg.data, resolve=True), None
-    else:
-        data_cfg, source = saved_data_cfg(checkpoint, fix="pass data=<name> instead")
-    if data_cfg is None:
-        raise ConfigError(f"{checkpoint} has no saved data config; pass one with data=<name> "
-                          "(e.g. data=fashion_mnist)")
+    data_cfg, source = data_cfg_of(cfg.get("data"), checkpoint)
     console.print(f"evaluating every mask of {checkpoint} on the val split", soft_wrap=True)
     result = evaluate_on_split(hybrid, data_cfg, "val", "all", saved_from=source,
                                batch_size=cfg.batch_size, limit_batches=cfg.limit_batches,
