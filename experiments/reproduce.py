@@ -325,7 +325,8 @@ def write_readme(results: Path, summary: dict) -> None:
              "| step | minutes | command |", "|---|---|---|"]
     for s in summary["steps"]:
         minutes = "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
-        lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
+        shown = f"`{s['command']}`" if s["command"] else "(not recorded: run before this one)"
+        lines.append(f"| {s['step']} | {minutes} | {shown} |")
     lines += [f"| **total** | **{summary['wall_seconds'] / 60:.1f}** | |", ""]
     if summary["checks"]:
         lines += ["Checks on the validation split (mean over seeds); the bars are the "
