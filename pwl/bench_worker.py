@@ -147,8 +147,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     rate = parse_bandwidth(spec.get("bandwidth"))
     mmap = bool(spec.get("mmap", False))
     path = spec["path"] if variant in URLS else Path(spec["path"])
-    x = torch.randn(1, *model_cfg["input_shape"],
-                    generator=torch.Generator().manual_seed(spec.get("seed", 0)))
+    generator = torch.Generator().manual_seed(spec.get("seed", 0))
+    vocab = model_cfg["teacher"].get("vocab_size")
+    # a language model reads token ids, an image model pixels
+    x = (torch.randint(int(vocab), (1, *model_cfg["input_shape"]), generator=generator)
+         if vocab else torch.randn(1, *model_cfg["input_shape"], generator=generator))
     torch.set_grad_enabled(False)
     reset_peak()
     baseline = memory_status().get("VmRSS", 0)

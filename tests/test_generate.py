@@ -83,3 +83,14 @@ def test_serve_prints_the_text_of_a_language_model_bundle_as_it_loads(lm_bundle,
     generation = json.loads((out / "generation.json").read_text())
     assert generation["text"].startswith("And God said") and len(generation["masks"]) == 24
     assert generation["text"] in proc.stdout
+
+
+def test_the_load_bench_answers_a_language_model_with_token_ids(lm_bundle):
+    from pwl.bench_worker import measure
+
+    bundle, _ = lm_bundle
+    model_cfg = read_manifest(bundle).model
+    result = measure({"variant": "bundle", "path": str(bundle), "model_cfg": model_cfg,
+                      "full": True})
+    assert result["final_mask"] == "TTT" and [m for _, m in result["events"]] == [
+        "SSS", "TSS", "TTS", "TTT"]
