@@ -29,42 +29,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) data data-kjv nginx ## Create .venv with pwl and its dev tools, and install Fashion-MNIST, the KJV and nginx
 
-data: ## Install Debian's dataset-fashion-mnist where apt and root are available
-	@if [ -f "$(FMNIST_FILE)" ]; then \
-	  echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+# $(call apt-install,<test that it is there>,<Debian package>,<what>,<advice when apt is not usable>)
+define apt-install
+	@if $(1); then \
+	  echo "$(3): installed"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
 	else \
-	  echo "Fashion-MNIST is not installed and apt is not usable here. Either:"; \
-	  echo "  - on Debian/Ubuntu: sudo apt-get update && sudo apt-get install dataset-fashion-mnist"; \
-	  echo "  - with internet: the data module downloads it into data/ (data.download=true)"; \
-	  echo "  - or copy the four idx .gz files somewhere and pass data.root=<dir>"; \
+	  echo "$(3) is not installed and apt is not usable here: sudo apt-get install $(2), $(4)"; \
 	fi
+endef
+
+data: ## Install Debian's dataset-fashion-mnist where apt and root are available
+	$(call apt-install,[ -f "$(FMNIST_FILE)" ],dataset-fashion-mnist,Fashion-MNIST,or copy the four idx .gz files somewhere and pass data.root=<dir> (with internet: data.download=true))
 
 nginx: ## Install Debian's nginx-light (the web server of the HTTP tests) where apt and root are available
-	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then \
-	  echo "nginx: $$(command -v nginx || echo /usr/sbin/nginx)"; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
-	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
-	else \
-	  echo "nginx is not installed and apt is not usable here: the tests that need it skip."; \
-	  echo "  - on Debian/Ubuntu: sudo apt-get install nginx-light (any nginx on PATH works)"; \
-	fi
+	$(call apt-install,command -v nginx >/dev/null || [ -x /usr/sbin/nginx ],nginx-light,nginx,or put any nginx on PATH (the tests that need it skip))
 
 data-kjv: ## Install Debian's bible-kjv (the text of data=kjv) where apt and root are available
-	@if command -v bible >/dev/null; then \
-	  echo "King James Bible: $$(command -v bible)"; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv; \
-	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv; \
-	else \
-	  echo "bible-kjv is not installed and apt is not usable here: sudo apt-get install bible-kjv"; \
-	fi
+	$(call apt-install,command -v bible >/dev/null,bible-kjv,the King James Bible (bible-kjv),or use data.source=synthetic)
 
 test: install ## Run the test suite (CPU, a few minutes; TEST_WORKERS=2 processes, 1 thread each)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)

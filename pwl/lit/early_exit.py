@@ -113,22 +113,35 @@ class EarlyExitModule(_Optimized):
     def _score(self, split: str, batch) -> None:
         x, y = batch
         metrics = self.val_acc if split == "val" else self.test_acc
-        for k, (metric, out) in enumerate(zip(metrics, self.exits(x)), start=1):
-            metric(per_prediction(out), y.reshape(-1))
-            self.log(f"{split}/exit{k}_acc", metric)
-        # the checkpoint monitor: the mean over the exits that train
-        mean = torch.stack([m.compute() for m in metrics[:-1]]).mean()
-        self.log(f"{split}/acc", mean, prog_bar=split == "val")
+        for metric, out in zip(metrics, self.exits(x)):
+            metric.update(per_prediction(out), y.reshape(-1))
+
+    def _log_epoch(self, split: str) -> list[float]:
+        """Logs each exit's accuracy and their mean over the trained exits (the checkpoint
+        monitor ``<split>/acc``); resets the metrics and returns the accuracies."""
+        metrics = self.val_acc if split == "val" else self.test_acc
+        accuracy = [m.compute().item() for m in metrics]
+        for k, acc in enumerate(accuracy, start=1):
+            self.log(f"{split}/exit{k}_acc", acc)
+        self.log(f"{split}/acc", sum(accuracy[:-1]) / len(accuracy[:-1]),
+                 prog_bar=split == "val")
+        for m in metrics:
+            m.reset()
+        return accuracy
 
     def validation_step(self, batch, batch_idx):
         self._score("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
 
     def test_step(self, batch, batch_idx):
         self._score("test", batch)
 
     def on_test_epoch_end(self) -> None:
+        accuracy = self._log_epoch("test")
         if self.trainer.is_global_zero:
-            write_exits(self.exit_rows([m.compute().item() for m in self.test_acc]),
+            write_exits(self.exit_rows(accuracy),
                         Path(self.trainer.default_root_dir) / "exits_test.csv")
 
     def exit_rows(self, accuracy: list[float]) -> list[dict[str, float]]:

@@ -17,7 +17,7 @@ from pwl.blocks import BlockNet
 from pwl.config import Schema
 from pwl.errors import ConfigError
 from pwl.models.registry import Depth, NumBlocks, NumClasses, Rate, Width, register
-from pwl.models.vit import group_sizes
+from pwl.models.vit import check_layers, group_sizes
 
 MAX_CONTEXT = 1 << 16
 
@@ -102,11 +102,7 @@ class GPTArgs(Schema):
 
     @model_validator(mode="after")
     def _consistent(self) -> GPTArgs:
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not a multiple of "
-                             f"num_heads={self.num_heads}")
-        if self.num_blocks > self.depth:
-            raise ValueError(f"num_blocks={self.num_blocks} exceeds depth={self.depth}")
+        check_layers(self.embed_dim, self.num_heads, self.depth, self.num_blocks)
         return self
 
 

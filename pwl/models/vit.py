@@ -55,6 +55,14 @@ def group_sizes(depth: int, num_blocks: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(num_blocks)]
 
 
+def check_layers(embed_dim: int, num_heads: int, depth: int, num_blocks: int) -> None:
+    """A transformer's heads divide its width and its N blocks have a layer each."""
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} is not a multiple of num_heads={num_heads}")
+    if num_blocks > depth:
+        raise ValueError(f"num_blocks={num_blocks} exceeds depth={depth}")
+
+
 class ViTArgs(Schema):
     """The arguments of ``vit`` a saved config may give."""
 
@@ -74,11 +82,7 @@ class ViTArgs(Schema):
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size={self.img_size} is not a multiple of "
                              f"patch_size={self.patch_size}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not a multiple of "
-                             f"num_heads={self.num_heads}")
-        if self.num_blocks > self.depth:
-            raise ValueError(f"num_blocks={self.num_blocks} exceeds depth={self.depth}")
+        check_layers(self.embed_dim, self.num_heads, self.depth, self.num_blocks)
         return self
 
 
