@@ -2,6 +2,7 @@
 
     python experiments/provenance.py --backfill <results dir> [--note TEXT]
     python experiments/provenance.py --strip-unmeasured <results dir>
+    python experiments/provenance.py --run <results dir> -- <command ...>
 
 Every results directory under ``experiments/results/`` carries one. The tools that
 write results (``reproduce.py``, ``plans.py``) call ``write_provenance`` with the
@@ -9,7 +10,9 @@ exact command, the precision and memory format of their training runs and each
 step's wall time as this run measured it; a step this run did not execute has
 ``seconds: null``, never a number from elsewhere. ``--backfill`` gives a directory
 recorded before provenance existed a record that says so: every field this tool
-cannot know now (commit, machine, step times) is null. ``--strip-unmeasured`` nulls the
+cannot know now (commit, machine, step times) is null. ``--run`` runs a command that writes a results directory (a ``pwl.bench`` into its
+``hydra.run.dir``, say), keeps its console output as ``console.txt`` and writes the
+directory's provenance with the command and its measured wall time. ``--strip-unmeasured`` nulls the
 times that a results file carried for steps its run skipped (``"skipped": true``: the
 run did not measure them) in its ``reproduce.json``/``plans.json`` and README table.
 """
@@ -23,6 +26,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,14 +136,41 @@ def strip_unmeasured(results: Path) -> list[str]:
     return stripped
 
 
+def run_and_record(results: Path, command: Sequence[str]) -> int:
+    """Runs ``command`` in the repository root (``python`` is this interpreter), keeps its
+    console output in ``results/console.txt`` and, when it succeeds, writes ``results``'
+    provenance with its wall time; its exit status."""
+    argv = [sys.executable if c == "python" else c for c in command]
+    began = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, text=True, capture_output=True)
+    seconds = round(time.perf_counter() - began, 1)
+    print(proc.stdout, end="")
+    print(proc.stderr, end="", file=sys.stderr)
+    if proc.returncode != 0:
+        print(f"error: the command exited with {proc.returncode}; no provenance written",
+              file=sys.stderr)
+        return proc.returncode
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "console.txt").write_text(proc.stdout)
+    write_provenance(results, command, [{"step": "run", "command": shlex.join(command),
+                                         "seconds": seconds}])
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--backfill", type=Path,
                       help="a results directory recorded before provenance existed")
     what.add_argument("--strip-unmeasured", type=Path, help="a results directory")
+    what.add_argument("--run", type=Path, help="the results directory the command writes")
     parser.add_argument("--note", default="", help="what is known of how it was made")
+    parser.add_argument("command", nargs="*", help="--run: the command, after --")
     args = parser.parse_args()
+    if args.run:
+        if not args.command:
+            sys.exit("error: --run needs the command after --, e.g. -- python -m pwl.bench ...")
+        sys.exit(run_and_record(args.run, args.command))
     if args.strip_unmeasured:
         print(f"{args.strip_unmeasured}: nulled {strip_unmeasured(args.strip_unmeasured)}")
         return

@@ -30,6 +30,10 @@ and from the first answer (``mean_accuracy_answered``: how the blocks arrived, w
 start-up), with the URL's area over the emulated one's (``area_ratio``,
 ``area_ratio_answered``). ``variants=`` measures a subset.
 
+For a language-model bundle (``gen_tokens`` > 0), the bundle's first answer is its time to
+first token, and ``generation.csv``/``generation.json`` give the tokens per second at each
+stage of its loading order (``generation_rows``).
+
 The accuracy-over-time half (each dtype, each order) is a research script:
 ``experiments/curves.py``. ``bench.csv`` and ``bench.json`` go to the run directory.
 """
@@ -44,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +70,7 @@ from pwl.cli import CONF_DIR, human_bytes, make_console, run_dir, user_errors_as
 from pwl.config import parse_bandwidth
 from pwl.errors import ConfigError, PWLError
 from pwl.hybrid import HybridNet
+from pwl.masks import LoadingOrder
 from pwl.runtime.bundle import (
     STUDENT_FILE,
     copy_bundle,
@@ -73,6 +79,7 @@ from pwl.runtime.bundle import (
     write_bundle,
 )
 from pwl.runtime.materialise import load_bundle_hybrid
+from pwl.runtime.progressive import next_tokens
 from pwl.runtime.sources import is_url
 from pwl.schemas import check_app_config
 from pwl.stages.curves import LoadCurve, load_curve
@@ -85,6 +92,8 @@ COLUMNS = ("target", "bandwidth", "variant", "bytes_read", "bytes_ratio", "first
            "student_delta_ms_low", "student_delta_ms_high", "link_rate", "link_use",
            "time_to_teacher_s", "window_s", "mean_accuracy_window", "mean_accuracy_load",
            "area_ratio", "mean_accuracy_answered", "area_ratio_answered", "connections")
+GENERATION_COLUMNS = ("target", "stage", "mask", "tokens", "repeats", "tokens_per_s",
+                      "tokens_per_s_low", "tokens_per_s_high", "first_token_s")
 STUDENT_ALONE = "student_safetensors"
 URL_VARIANTS = ("bundle_url", "student_url")
 # The student alone each variant's first answer is set against: from the same place.
@@ -207,39 +216,33 @@ def _median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def paired_ratio(times: Sequence[float], base: Sequence[float],
-                 confidence: float = 0.95) -> tuple[float, float, float]:
-    """The median of ``times[i] / base[i]`` (runs of the same round) and its bootstrap interval.
+def median_interval(values: Sequence[float],
+                    confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median of ``values`` and its 95% bootstrap interval; NaN bounds with fewer than 3."""
+    values = np.asarray(values, dtype=float)
+    median = float(np.median(values))
+    if len(values) < 3:
+        return median, math.nan, math.nan
+    if np.ptp(values) == 0:  # every round gave the same value (the student over itself)
+        return median, median, median
+    interval = stats.bootstrap((values,), np.median, confidence_level=confidence,
+                               method="percentile", rng=np.random.default_rng(0)
+                               ).confidence_interval
+    return median, float(interval.low), float(interval.high)
 
-    Paired by round, so a drift of the machine between rounds cancels out of each ratio;
-    the interval is NaN with fewer than 3 rounds.
+
+def paired_ratio(times: Sequence[float], base: Sequence[float]) -> tuple[float, float, float]:
+    """The median of ``times[i] / base[i]`` (runs of the same round) and its interval.
+
+    Paired by round, so a drift of the machine between rounds cancels out of each ratio.
     """
-    ratios = np.asarray(times, dtype=float) / np.asarray(base, dtype=float)
-    median = float(np.median(ratios))
-    if len(ratios) < 3:
-        return median, math.nan, math.nan
-    if np.ptp(ratios) == 0:  # every round gave the same ratio (the student over itself)
-        return median, median, median
-    interval = stats.bootstrap((ratios,), np.median, confidence_level=confidence,
-                               method="percentile", rng=np.random.default_rng(0)
-                               ).confidence_interval
-    return median, float(interval.low), float(interval.high)
+    return median_interval(np.asarray(times, dtype=float) / np.asarray(base, dtype=float))
 
 
-def paired_difference(times: Sequence[float], base: Sequence[float],
-                      confidence: float = 0.95) -> tuple[float, float, float]:
-    """The median of ``times[i] - base[i]`` (runs of the same round) and its bootstrap
-    interval; NaN bounds with fewer than 3 rounds."""
-    diffs = np.asarray(times, dtype=float) - np.asarray(base, dtype=float)
-    median = float(np.median(diffs))
-    if len(diffs) < 3:
-        return median, math.nan, math.nan
-    if np.ptp(diffs) == 0:
-        return median, median, median
-    interval = stats.bootstrap((diffs,), np.median, confidence_level=confidence,
-                               method="percentile", rng=np.random.default_rng(0)
-                               ).confidence_interval
-    return median, float(interval.low), float(interval.high)
+def paired_difference(times: Sequence[float],
+                      base: Sequence[float]) -> tuple[float, float, float]:
+    """The median of ``times[i] - base[i]`` (runs of the same round) and its interval."""
+    return median_interval(np.asarray(times, dtype=float) - np.asarray(base, dtype=float))
 
 
 def link_use(run: Mapping[str, Any], rate: float | None) -> float | None:
@@ -419,6 +422,57 @@ def measure_target(target: Target, bandwidth: float | str | None = None, mmap: b
     return rows
 
 
+def generation_rows(target: Target, tokens: int, repeats: int,
+                    first_token_s: float | None = None) -> list[dict[str, Any]]:
+    """Tokens per second of a language-model bundle at each stage of its loading order.
+
+    The whole hybrid is loaded (every file checked) and, at each stage's mask, ``tokens``
+    greedy tokens follow a random prompt of one context window, each token one forward
+    over the window (as ``ProgressiveModel.generate``), ``repeats`` times after one warm-up
+    token: the median rate with its 95% bootstrap interval. ``first_token_s``: the bundle's
+    time from the open to its first token (its first answer), given on the student's row.
+    """
+    hybrid, model_cfg = load_bundle_hybrid(target.bundle)
+    masks = LoadingOrder.parse(read_manifest(target.bundle).loading_order,
+                               hybrid.num_blocks).masks
+    window = int(model_cfg["teacher"]["context_length"])
+    prompt = torch.randint(int(model_cfg["teacher"]["vocab_size"]), (window,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
+    rows = []
+    with torch.no_grad():
+        for stage, mask in enumerate(masks):
+            def step(x: torch.Tensor, mask: str = mask) -> tuple[torch.Tensor, str]:
+                return hybrid(x, mask), mask
+
+            next_tokens(step, prompt, 1, window)  # warm-up
+            rates = []
+            for _ in range(repeats):
+                began = time.perf_counter()
+                next_tokens(step, prompt, tokens, window)
+                rates.append(tokens / (time.perf_counter() - began))
+            rate, low, high = median_interval(rates)
+            rows.append({"target": target.name, "stage": stage, "mask": mask, "tokens": tokens,
+                         "repeats": repeats, "tokens_per_s": rate, "tokens_per_s_low": low,
+                         "tokens_per_s_high": high,
+                         "first_token_s": first_token_s if stage == 0 else None})
+    return rows
+
+
+def generation_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="a language model's tokens per second at each stage (median, 95% "
+                  "interval; one forward over the context window per token)")
+    for name in ("target", "stage", "mask", "tokens x repeats", "tokens/s", "95% interval",
+                 "first token"):
+        table.add_column(name, justify="left" if name in ("target", "mask") else "right")
+    for r in rows:
+        interval = ("" if math.isnan(r["tokens_per_s_low"])
+                    else f"[{r['tokens_per_s_low']:.1f}, {r['tokens_per_s_high']:.1f}]")
+        table.add_row(r["target"], str(r["stage"]), r["mask"], f"{r['tokens']} x {r['repeats']}",
+                      f"{r['tokens_per_s']:.1f}", interval,
+                      "" if r["first_token_s"] is None else f"{r['first_token_s']:.3f} s")
+    return table
+
+
 def bandwidth_label(rate: float | None) -> str:
     return human_bytes(rate) + "/s" if rate else "none"
 
@@ -505,8 +559,6 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError("link_rate= paces the local variants at the server's rate; leave "
                           "bandwidths=[null] with it")
     connections = int(cfg.get("connections") or 1)
-    if connections < 1:
-        raise ConfigError(f"connections={connections} must be at least 1")
     variants = cfg.get("variants")
     if variants is not None:
         variants = list(variants)
@@ -535,16 +587,27 @@ def bench(cfg: DictConfig) -> list[dict[str, Any]]:
             console.print("building and writing the random-weight pair ...")
             targets.append(random_pair_target(OmegaConf.to_container(cfg.pair),
                                               Path(tmp) / "random-pair"))
+        generation: list[dict[str, Any]] = []
         for target in targets:
             for bw in bandwidths:
                 console.print(f"measuring {target.name} at bandwidth {bw or 'none'} ...")
                 rows += measure_target(target, bw, cfg.mmap, cfg.cold, cfg.full, cfg.threads,
                                        cfg.repeats, link_rate, variants, connections)
+            if target.model_cfg["teacher"].get("vocab_size") and cfg.get("gen_tokens"):
+                console.print(f"generating with {target.name} at each stage ...")
+                first = next((r["first_answer_s"] for r in rows if r["target"] == target.name
+                              and r["variant"] == "bundle" and r["bandwidth"] == "none"), None)
+                generation += generation_rows(target, int(cfg.gen_tokens),
+                                              max(int(cfg.repeats), 3), first)
     write_results(rows, out)
     console.print(results_table(rows))
+    if generation:
+        write_results(generation, out, "generation", GENERATION_COLUMNS)
+        console.print(generation_table(generation))
     if any(r["link_rate"] or r["variant"] in URL_VARIANTS for r in rows):
         console.print(network_table(rows))
-    console.print(f"bench.csv and bench.json in {out}")
+    console.print(f"bench.csv and bench.json{' and generation.csv/json' if generation else ''} "
+                  f"in {out}")
     return rows
 
 

@@ -126,6 +126,7 @@ class Serve(OpenSchema):
     max_new_tokens: Annotated[int, Field(ge=0)] = 400
     tokens_per_step: Count = 8
     temperature: Annotated[float, Field(ge=0)] = 0.0
+    connections: Count = 1
 
     _bandwidth = field_validator("bandwidth")(_rate)
 
@@ -141,6 +142,8 @@ class Bench(OpenSchema):
     bandwidths: list[float | int | str | None] | float | int | str | None = None
     repeats: Count = 1
     threads: Count | None = None
+    connections: Count = 1
+    gen_tokens: Annotated[int, Field(ge=0)] = 32
     pair: Pair | None = None
 
     @field_validator("bandwidths")

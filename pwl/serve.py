@@ -185,6 +185,12 @@ def summary_table(rows: list[dict[str, Any]], events: list[LoadEvent],
     return table
 
 
+def open_options(cfg: DictConfig) -> dict[str, Any]:
+    """``ProgressiveModel.open``'s arguments from the serve config."""
+    return {"bandwidth": cfg.bandwidth, "mmap": cfg.mmap, "device": cfg.device,
+            "connections": int(cfg.get("connections") or 1), **url_options(cfg)}
+
+
 def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     """Streams the data split through the bundle while it loads; returns the timeline."""
     check_app_config(cfg, "serve")
@@ -215,8 +221,7 @@ def serve(cfg: DictConfig) -> list[dict[str, Any]]:
     out = run_dir()
     console = make_console()
 
-    model = ProgressiveModel.open(bundle, bandwidth=cfg.bandwidth, mmap=cfg.mmap,
-                                  device=cfg.device, **url_options(cfg))
+    model = ProgressiveModel.open(bundle, **open_options(cfg))
     with model:
         model.start_loading(order)
         live = (Live(live_view(model, None), console=console, refresh_per_second=4)
@@ -254,8 +259,7 @@ def serve_text(cfg: DictConfig, bundle: Path | str, manifest: Manifest) -> list[
     out = run_dir()
     console = make_console()
     values = manifest.stage_values()
-    model = ProgressiveModel.open(bundle, bandwidth=cfg.bandwidth, mmap=cfg.mmap,
-                                  device=cfg.device, **url_options(cfg))
+    model = ProgressiveModel.open(bundle, **open_options(cfg))
     rows: list[dict[str, Any]] = []
     text, masks = cfg.prompt, []
     window = int(manifest.model["teacher"]["context_length"])

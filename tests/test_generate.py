@@ -94,3 +94,16 @@ def test_the_load_bench_answers_a_language_model_with_token_ids(lm_bundle):
                       "full": True})
     assert result["final_mask"] == "TTT" and [m for _, m in result["events"]] == [
         "SSS", "TSS", "TTS", "TTT"]
+
+
+def test_bench_gives_tokens_per_second_at_each_stage_of_the_loading_order(lm_bundle):
+    from pwl.bench import Target, generation_rows
+
+    bundle, _ = lm_bundle
+    manifest = read_manifest(bundle)
+    target = Target("lm", bundle, bundle, bundle, bundle, manifest.model)
+    rows = generation_rows(target, tokens=4, repeats=3, first_token_s=0.25)
+    assert [r["mask"] for r in rows] == manifest.loading_order == ["SSS", "TSS", "TTS", "TTT"]
+    assert [r["first_token_s"] for r in rows] == [0.25, None, None, None]
+    for r in rows:
+        assert 0 < r["tokens_per_s_low"] <= r["tokens_per_s"] <= r["tokens_per_s_high"], r

@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -168,6 +169,9 @@ class FaultServer:
     faults: dict[str, list[str]] = field(default_factory=dict)
     log: list[Served] = field(default_factory=list)
     url: str = ""
+    in_flight: int = 0  # responses being sent now, and the most at once
+    most_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def served(self, rel: str) -> list[Served]:
         return [s for s in self.log if s.rel == rel]
@@ -182,6 +186,16 @@ def _handler(state: FaultServer) -> type:
             pass
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+            with state.lock:
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            try:
+                self.respond()
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def respond(self) -> None:
             rel = self.path.split("/bundle/", 1)[-1]
             fault = state.faults.get(rel, [None]).pop(0) if state.faults.get(rel) else None
             data = state.files.get(rel)
@@ -219,6 +233,8 @@ def _handler(state: FaultServer) -> type:
             self.end_headers()
             sent = 0
             try:
+                if fault == "slow":
+                    time.sleep(0.3)  # a response that takes a while, overlapping the next ones
                 if fault == "cut":
                     sent = len(body) // 2
                     self.wfile.write(body[:sent])
@@ -433,6 +449,21 @@ def test_serve_streams_a_bundle_from_its_url(nginx, tmp_path):
     events = json.loads((out / "events.json").read_text())
     assert [e["mask"] for e in events] == ["SSSS", "TSSS", "TTSS", "TTTS", "TTTT"]
     assert len(list((tmp_path / "cache").rglob("*/*/*"))) == 6  # the student, adapters, 4 blocks
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_serve_reads_as_many_files_at_once_as_its_connections(fault_server, connections,
+                                                              tmp_path):
+    from pwl.serve import serve
+
+    for i in range(4):
+        fault_server.faults[f"teacher/block_{i}.safetensors"] = ["slow"]
+    cfg = compose_cfg("serve", [f"bundle={fault_server.url}", f"connections={connections}",
+                                "batch_size=32", "tail_batches=1", "live=false",
+                                "monotonicity=false"])
+    with patch("pwl.serve.run_dir", return_value=tmp_path):
+        serve(cfg)
+    assert fault_server.most_in_flight == connections
 
 
 def test_serve_names_an_unreachable_url_in_one_line(capsys):

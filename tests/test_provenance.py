@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,17 @@ def test_strip_unmeasured_nulls_times_of_skipped_steps_only(tmp_path):
     assert summary["wall_seconds"] == 6.5
     assert (tmp_path / "README.md").read_text().splitlines()[:2] == [
         "| teacher |  | `c` |", "| export | 0.1 | `e` |"]
+
+
+def test_run_records_the_command_its_time_and_its_output_only_when_it_succeeds(tmp_path):
+    provenance = load_script("provenance")
+    out = tmp_path / "results"
+    command = ["python", "-c", "import time; time.sleep(0.2); print('measured')"]
+    assert provenance.run_and_record(out, command) == 0
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["command"] == shlex.join(command)
+    (step,) = record["steps"]
+    assert step["seconds"] >= 0.2 and (out / "console.txt").read_text() == "measured\n"
+    failed = tmp_path / "failed"
+    assert provenance.run_and_record(failed, ["python", "-c", "raise SystemExit(3)"]) == 3
+    assert not (failed / "provenance.json").exists()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,6 +116,31 @@ class _Snapshot:
     def __init__(self, mask: str) -> None:
         self.mask = mask
         self.active = 0
+
+
+def next_tokens(step: Callable[[torch.Tensor], tuple[torch.Tensor, str]], tokens: list[int],
+                max_new_tokens: int, window: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> tuple[list[int], list[str]]:
+    """``max_new_tokens`` tokens after ``tokens``, and the mask each was produced on.
+
+    ``step(x)`` gives the logits (1, T, vocab) of the token ids ``x`` (1, T) and the mask
+    that produced them; each token is one step on the last ``window`` tokens, greedy at
+    temperature 0, else sampled from the softmax of logits / temperature with ``generator``.
+    """
+    tokens = list(tokens)
+    new, masks = [], []
+    for _ in range(max_new_tokens):
+        logits, mask = step(torch.tensor([tokens[-window:]], dtype=torch.long))
+        last = logits[0, -1].float().cpu()
+        if temperature == 0:
+            token = int(last.argmax())
+        else:
+            token = int(torch.multinomial(torch.softmax(last / temperature, dim=-1), 1,
+                                          generator=generator))
+        tokens.append(token)
+        new.append(token)
+        masks.append(mask)
+    return new, masks
 
 
 class ProgressiveModel:
@@ -317,19 +343,8 @@ class ProgressiveModel:
             raise ConfigError("the prompt is empty; give at least one character")
         window = int(self.manifest.model["teacher"]["context_length"])
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        new, masks = [], []
-        for _ in range(max_new_tokens):
-            x = torch.tensor([tokens[-window:]], dtype=torch.long)
-            logits, mask = self.predict_with_mask(x)
-            last = logits[0, -1].float().cpu()
-            if temperature == 0:
-                token = int(last.argmax())
-            else:
-                probs = torch.softmax(last / temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
-            tokens.append(token)
-            new.append(token)
-            masks.append(mask)
+        new, masks = next_tokens(self.predict_with_mask, tokens, max_new_tokens, window,
+                                 temperature, generator)
         return prompt + vocab.decode(new), masks
 
     def generate(self, prompt: str, max_new_tokens: int, *, seed: int | None = None,
