@@ -35,7 +35,7 @@ from reproduce import ROOT, portable, step
 
 from pwl.cli import human_bytes
 from pwl.runtime import read_manifest
-from pwl.stages.plans import read_plan_rows
+from pwl.stages.plans import plan_metric, read_plan_rows
 
 
 def bundle_bytes(bundle: Path) -> tuple[int, int]:
@@ -50,12 +50,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def plan_table(plan_csv: Path) -> list[str]:
-    """Markdown: each order's blocks, its area under accuracy vs MB and the ratio to prefix."""
+    """Markdown: each order's blocks, its area under the plan's metric (accuracy, or bits per
+    character for a language model) vs MB and the ratio to prefix."""
     rows = read_plan_rows(plan_csv)
+    metric = plan_metric(rows)
     orders = list(dict.fromkeys(r.order for r in rows))
     total = max(r.bytes_loaded for r in rows)
-    mean = {o: next(r for r in rows if r.order == o).mean_accuracy for o in orders}
-    lines = ["| order | blocks in loading order | area (accuracy x MB) | mean accuracy "
+    mean = {o: next(r for r in rows if r.order == o).mean(metric) for o in orders}
+    lines = [f"| order | blocks in loading order | area ({metric.name} x MB) | mean {metric.label} "
              "over the teacher's bytes | vs prefix |", "|---|---|---|---|---|"]
     for o in orders:
         blocks = " ".join(str(r.block) for r in rows if r.order == o and r.block >= 0)
@@ -66,7 +68,8 @@ def plan_table(plan_csv: Path) -> list[str]:
 
 
 def stages_table(bundles: dict[str, Path]) -> list[str]:
-    """Markdown: bytes and per-stage accuracy (from each bundle's manifest) per precision."""
+    """Markdown: bytes and each stage's recorded metric (from each bundle's manifest) per
+    precision: accuracy in percent, or bits per character for a language model."""
     manifests = {d: read_manifest(b) for d, b in bundles.items()}
     first = next(iter(manifests.values()))
     masks = [r.mask for r in first.stages]
@@ -75,10 +78,12 @@ def stages_table(bundles: dict[str, Path]) -> list[str]:
     fp32_teacher = bundle_bytes(bundles[next(iter(bundles))])[1]
     for dtype, manifest in manifests.items():
         student, teacher = bundle_bytes(bundles[dtype])
-        acc = manifest.stage_accuracies()
+        bpc = any(r.bpc is not None for r in manifest.stages)
+        value = manifest.stage_values()
         lines.append(f"| {dtype} | {human_bytes(student)} | {human_bytes(teacher)} | "
                      f"{teacher / fp32_teacher:.3f} | "
-                     + " | ".join(f"{100 * acc[m]:.2f}" if m in acc else "-" for m in masks)
+                     + " | ".join("-" if m not in value else f"{value[m]:.3f}" if bpc
+                                  else f"{100 * value[m]:.2f}" for m in masks)
                      + " |")
     return lines
 
@@ -148,17 +153,22 @@ def main() -> None:
     summary = {"experiment": exp, "run": portable([str(run)]), "bandwidth_bytes_per_s": rate,
                "load_seconds": args.load_seconds, "steps": log}
     (results / "plans.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"# `{exp}`: accuracy per byte", "",
+    metric = plan_metric(read_plan_rows(results / "plan.csv"))
+    values = ("bits per character" if metric.name == "bpc" else "accuracy")
+    lines = [f"# `{exp}`: {values} per byte", "",
              f"Run: `{summary['run']}` (`loss=pwl`, seed 0). The plan is chosen on the "
-             "validation split; every accuracy below it is on the test split.", "",
+             f"validation split; every value below it is on the test split.", "",
              "## Loading orders (validation split, fp32 block bytes)", "",
              *plan_table(results / "plan.csv"), "",
-             "All masks: `stages_all_val.csv` (accuracy) and `masks_all_val.csv` (bytes per mask at "
-             "each precision).", "", "![plan](plan.png)", "",
-             "## Bundles by precision (test split, loading order: the plan)", "",
+             f"All masks: `stages_all_val.csv` ({values}) and `masks_all_val.csv` (bytes per "
+             "mask at each precision).", "", "![plan](plan.png)", "",
+             f"## Bundles by precision (test split, {values}; loading order: the plan)", "",
              *stages_table(bundles), "",
              f"## Accuracy over time at {human_bytes(rate)}/s (the fp32 bundle loads in about "
              f"{args.load_seconds:g} s)", "",
+             *([] if metric.name != "bpc" else [
+                 "The loading bench follows each stage's recorded next-character accuracy "
+                 "(the bundle's records hold both metrics).", ""]),
              *curves_table(results / "bench" / "curves.csv"), "",
              f"Plot: `bench/curves.png`. {args.threads} torch threads per load, cold page "
              "cache, one process per load.", "",

@@ -49,6 +49,7 @@ from pwl.masks import masks_for_order
 from pwl.report import report
 from pwl.stages import read_stages
 from pwl.stages.files import metric_of_rows
+from pwl.stages.metrics import ACCURACY, StageMetric, metric_named
 
 ROOT = Path(__file__).resolve().parents[1]
 # Entry points a step may run in this process: module -> (its config, its function of the
@@ -219,15 +220,17 @@ def read_summary(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
         return {(r["column"], r["order"], r["stage"]): r for r in csv.DictReader(f)}
 
 
-def compare_with_record(summary: Path, recorded: Path) -> str:
-    """This run's test accuracies beside the recorded ones, and a one-line verdict.
+def compare_with_record(summary: Path, recorded: Path, metric: StageMetric = ACCURACY) -> str:
+    """This run's test values of ``metric`` beside the recorded ones, and a one-line verdict.
 
     A value agrees with the record when it lies inside the recorded 95% interval over
-    seeds, or, where the record has one seed, within 1 point of it.
+    seeds, or, where the record has one seed, within 1 point of accuracy (0.02 bits per
+    character) of it. Accuracy is shown in percent, bits per character as they are.
     """
+    scale, tolerance, digits = (100, 0.01, 2) if metric.name == "accuracy" else (1, 0.02, 3)
     mine, theirs = read_summary(summary), read_summary(recorded)
     shown = recorded.relative_to(ROOT) if recorded.is_relative_to(ROOT) else recorded
-    lines = ["", f"this run against the record ({shown}):",
+    lines = ["", f"this run against the record ({shown}), {metric.label}:",
              f"  {'column':<26} {'stage':<10} {'this run':>9} {'recorded [95% interval]':>30}"]
     outside = compared = 0
     for key, row in mine.items():
@@ -236,12 +239,13 @@ def compare_with_record(summary: Path, recorded: Path) -> str:
         ref, value = theirs[key], float(row["mean"])
         low, high = float(ref["ci95_low"]), float(ref["ci95_high"])
         if low != low:  # NaN: one recorded seed
-            low, high = float(ref["mean"]) - 0.01, float(ref["mean"]) + 0.01
+            low, high = float(ref["mean"]) - tolerance, float(ref["mean"]) + tolerance
         inside = low <= value <= high
         compared += 1
         outside += not inside
-        lines.append(f"  {key[0]:<26} {key[2]:<10} {100 * value:9.2f} "
-                     f"{100 * float(ref['mean']):9.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+        lines.append(f"  {key[0]:<26} {key[2]:<10} {scale * value:9.{digits}f} "
+                     f"{scale * float(ref['mean']):9.{digits}f} "
+                     f"[{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
                      f"{'' if inside else '  <- outside'}")
     verdict = ("no stage in common with the record" if not compared else
                f"verdict: all {compared} stages agree with the record" if not outside else
@@ -472,7 +476,8 @@ def main() -> None:
     for c in results_checks:
         print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['check']}: {c['value']:.4f}")
     if record != results and (record / "summary.csv").is_file():
-        print(compare_with_record(results / "summary.csv", record / "summary.csv"))
+        print(compare_with_record(results / "summary.csv", record / "summary.csv",
+                                  metric_named(summary["metric"])))
 
 
 if __name__ == "__main__":

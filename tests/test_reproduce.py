@@ -160,3 +160,20 @@ def test_an_in_process_step_that_fails_says_why_in_one_line(tmp_path, capsys):
     assert err == [f"error: checkpoint={missing} does not exist; pass a distill run directory, "
                    "a Lightning .ckpt or a bundle directory"]
     assert not ledger.exists()
+
+
+def test_the_comparison_with_the_record_shows_bits_per_character_unscaled(tmp_path):
+    from pwl.stages.metrics import BPC
+
+    header = "column,order,stage,n,mean,std,ci95_low,ci95_high\n"
+    (tmp_path / "mine.csv").write_text(header + "gpt/pwl,prefix,student,1,3.2,nan,nan,nan\n"
+                                       "gpt/pwl,prefix,teacher,1,2.4,nan,nan,nan\n")
+    (tmp_path / "record.csv").write_text(header + "gpt/pwl,prefix,student,3,3.18,0.01,3.17,3.19\n"
+                                         "gpt/pwl,prefix,teacher,1,2.39,nan,nan,nan\n")
+    lines = reproduce.compare_with_record(tmp_path / "mine.csv", tmp_path / "record.csv",
+                                          BPC).splitlines()
+    assert "bits per character" in lines[1]
+    assert lines[3].split() == ["gpt/pwl", "student", "3.200", "3.180", "[3.170,", "3.190]",
+                                "<-", "outside"]
+    assert lines[4].split() == ["gpt/pwl", "teacher", "2.400", "2.390", "[2.370,", "2.410]"]
+    assert lines[-1] == "verdict: 1 of 2 stages fall outside the record"
