@@ -123,7 +123,7 @@ def test_context_longer_than_the_model_is_one_clear_line():
 def test_gpt_pair_has_linear_token_adapters_and_every_mask_runs():
     hybrid = build_hybrid(model_cfg("gpt_kjv", "kjv"))
     assert [m[0].in_features for m in hybrid.adapters.to_student] == [128, 128]
-    assert [m[0].out_features for m in hybrid.adapters.to_student] == [64, 64]
+    assert [m[0].out_features for m in hybrid.adapters.to_student] == [96, 96]
     tokens = torch.randint(0, 63, (2, 128))
     with torch.no_grad():
         assert torch.equal(hybrid(tokens, "TTT"), hybrid.teacher(tokens))

@@ -3,6 +3,7 @@
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,31 @@ def test_run_records_the_command_its_time_and_its_output_only_when_it_succeeds(t
     failed = tmp_path / "failed"
     assert provenance.run_and_record(failed, ["python", "-c", "raise SystemExit(3)"]) == 3
     assert not (failed / "provenance.json").exists()
+
+
+def test_choices_picks_the_widest_candidate_far_enough_from_the_teacher(tmp_path, monkeypatch):
+    choices = load_script("choices")
+
+    def run(name: str, values: list[float], student: str) -> Path:
+        path = tmp_path / name
+        (path / "csv").mkdir(parents=True)
+        (path / ".hydra").mkdir()
+        rows = "".join(f"{epoch},,\n{epoch},{v},\n" for epoch, v in enumerate(values))
+        (path / "csv" / "metrics.csv").write_text("epoch,val/bpc,train/loss\n" + rows)
+        (path / ".hydra" / "overrides.yaml").write_text(f"- phase=teacher\n- {student}\n")
+        return path
+
+    teacher = run("teacher", [3.0, 2.2, 2.3], "model.student.embed_dim=64")
+    wide = run("wide", [2.6, 2.4], "model.student.embed_dim=96")  # 0.2 above: too close
+    mid = run("mid", [2.9, 2.5], "model.student.embed_dim=64")  # 0.3 above: the pick
+    narrow = run("narrow", [3.2, 2.9], "model.student.embed_dim=32")
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["choices.py", "--teacher", str(teacher), "--candidates",
+                                      str(wide), str(mid), str(narrow), "--gap", "0.25",
+                                      "--out", str(out)])
+    choices.main()
+    rows = (out / "choices.csv").read_text().splitlines()
+    assert [r.split(",")[-1] for r in rows[1:]] == ["False", "True", "False"]
+    assert [r.split(",")[3] for r in rows[1:]] == ["2.4", "2.5", "2.9"]
+    assert f"Chosen: `{mid}`." in (out / "README.md").read_text()
+    assert json.loads((out / "provenance.json").read_text())["steps"][0]["seconds"] is None
