@@ -82,10 +82,10 @@ reproduce-all: install ## reproduce-seeds' runs and plans for the three families
 	    --seeds $$(seq 0 $$(($(SEEDS) - 1))) -- $(OVERRIDES) && \
 	  $(PY) experiments/plans.py --experiment $$e || exit 1; done
 
-record: ## Write a finished reproduce run's report into the tracked record: RUN=runs/reproduce/<name> RECORD=experiments/results/<name>
+record: ## Write a finished run's report into the tracked record: RUN=runs/reproduce/<name> (or runs/plans/<name>) RECORD=experiments/results/<name>
 	@test -f "$(RUN)/report/provenance.json" || { echo "RUN=$(RUN) has no finished report (make reproduce first)"; exit 2; }
 	@test -n "$(RECORD)" || { echo "RECORD=experiments/results/<name> is not set"; exit 2; }
-	mkdir -p $(RECORD) && cp $(RUN)/report/* $(RECORD)/
+	mkdir -p $(RECORD) && cp -r $(RUN)/report/. $(RECORD)/
 
 plans: install ## All-mask table, loading plan and fp32/fp16/int8 bundles of EXPERIMENT's reproduce run
 	$(PY) experiments/plans.py --experiment $(EXPERIMENT)

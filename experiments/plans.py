@@ -17,8 +17,11 @@ Steps (each skipped when its output exists, as in ``reproduce.py``):
    the areas are comparable as ratios.
 
 ``--run`` defaults to ``runs/reproduce/<experiment>/distill_pwl/seed0`` (the run
-``reproduce.py`` exports). The results directory receives the tables, plots, the
-exact commands with their wall times (``plans.json``) and ``README.md``.
+``reproduce.py`` exports). The results directory (``<runs>/report`` unless ``--results``
+names one: like a reproduction, a run never rewrites the tracked record, nor skips a step
+because the record holds its output) receives the tables, plots, the exact commands with
+their wall times (``plans.json``), ``provenance.json`` and ``README.md``; ``make record
+RUN=runs/plans/<experiment> RECORD=experiments/results/<experiment>_plans`` records it.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None,
                         help="bundles (default runs/plans/<experiment>)")
     parser.add_argument("--results", type=Path, default=None,
-                        help="tables and plots (default experiments/results/<experiment>_plans)")
+                        help="tables and plots (default <runs>/report)")
     parser.add_argument("--load-seconds", type=float, default=10.0,
                         help="the bandwidth is set so the fp32 bundle loads in this many seconds")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "int8"],
@@ -127,7 +130,7 @@ def main() -> None:
         sys.exit(f"--run {run} has no hybrid.safetensors; run `python experiments/reproduce.py "
                  f"--experiment {exp}` first or pass --run <distill run dir>")
     runs = (args.runs or ROOT / "runs" / "plans" / exp).resolve()
-    results = (args.results or ROOT / "experiments" / "results" / f"{exp}_plans").resolve()
+    results = (args.results or runs / "report").resolve()
     results.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m"]
     log: list[dict] = []
