@@ -77,8 +77,9 @@ def test_every_number_in_the_readme_results_tables_is_in_the_file_it_links():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Results", 1)[1].split("\n## ", 1)[0]
     checked = 0
-    # each table follows the link to its results directory
-    for link, table in re.findall(r"\(experiments/results/([^/)]+)/README\.md\).*?\n\n"
+    # each table follows the link to its results directory, with no other link between
+    for link, table in re.findall(r"\(experiments/results/([^/)]+)/README\.md\)"
+                                  r"(?:(?!\(experiments/results/).)*?\n\n"
                                   r"((?:\|[^\n]*\n)+)", section, flags=re.S):
         source = (RESULTS / link / "report.md").read_text()
         for row in table.splitlines()[2:]:
