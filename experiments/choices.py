@@ -26,7 +26,7 @@ import yaml
 from provenance import invocation, write_provenance
 
 
-def best_value(run: Path, monitor: str) -> tuple[float, int]:
+def best_value(run: Path, monitor: str, higher_is_better: bool) -> tuple[float, int]:
     """The best ``monitor`` value of a run over its epochs and the epoch it came at."""
     path = run / "csv" / "metrics.csv"
     if not path.is_file():
@@ -36,8 +36,7 @@ def best_value(run: Path, monitor: str) -> tuple[float, int]:
                 if r.get(monitor)]
     if not rows:
         sys.exit(f"error: {path} has no {monitor!r} values; pass --monitor")
-    lower_is_better = not monitor.endswith("acc")
-    return (min if lower_is_better else max)(rows)
+    return (max if higher_is_better else min)(rows)
 
 
 def overrides(run: Path) -> list[str]:
@@ -56,11 +55,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    teacher, teacher_epoch = best_value(args.teacher, args.monitor)
-    sign = 1 if not args.monitor.endswith("acc") else -1  # worse = higher bpc, lower accuracy
+    higher_is_better = args.monitor.endswith("acc")  # accuracy; bpc and losses fall
+    teacher, teacher_epoch = best_value(args.teacher, args.monitor, higher_is_better)
+    sign = -1 if higher_is_better else 1  # "worse": lower accuracy, higher bpc
     rows, chosen = [], None
     for run in args.candidates:
-        value, epoch = best_value(run, args.monitor)
+        value, epoch = best_value(run, args.monitor, higher_is_better)
         gap = sign * (value - teacher)
         pick = chosen is None and gap >= args.gap
         chosen = run if pick else chosen
