@@ -84,7 +84,9 @@ def provenance(command: Sequence[str] | str, steps: Sequence[dict[str, Any]],
         "precision": precision,
         "memory_format": memory_format,
         "steps": [{"step": s["step"], "command": s.get("command"),
-                   "seconds": s["seconds"] if not s.get("skipped") else None}
+                   "seconds": s["seconds"] if not s.get("skipped") else None,
+                   **({k: s[k] for k in ("threads", "load") if k in s}
+                      if not s.get("skipped") else {})}
                   for s in steps],
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

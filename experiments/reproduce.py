@@ -30,6 +30,7 @@ import argparse
 import csv
 import importlib
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -113,6 +114,14 @@ def run_in_process(cmd: list[str]) -> int:
     return 0
 
 
+def machine_load() -> dict:
+    """What a step's time depends on besides its work: the torch threads its process has and
+    the machine's load averages (1, 5 and 15 minutes) when it ends, so a step that shared the
+    cores with another says so in the record."""
+    return {"threads": torch.get_num_threads(),
+            "load": [round(v, 2) for v in os.getloadavg()]}
+
+
 def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
          ledger: Path | None = None, in_process: bool = False) -> None:
     """Runs one step unless its output exists.
@@ -129,19 +138,21 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
         print(f"[{name}] done before ({done}); skipping", flush=True)
         entry = (read_ledger(ledger) if ledger else {}).get(name, {})
         log.append({"step": name, "command": entry.get("command"),
-                    "seconds": entry.get("seconds"), "skipped": True})
+                    "seconds": entry.get("seconds"),
+                    **{k: entry[k] for k in ("threads", "load") if k in entry},
+                    "skipped": True})
         return
     print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
     code = run_in_process(cmd) if in_process else subprocess.run(cmd, cwd=ROOT).returncode
     seconds = time.perf_counter() - start
-    log.append({"step": name, "command": shown, "seconds": round(seconds, 1), "skipped": False})
+    measured = {"seconds": round(seconds, 1), "command": shown, **machine_load()}
+    log.append({"step": name, **measured, "skipped": False})
     if code != 0:
         sys.exit(f"[{name}] failed with exit code {code}; fix it and run again "
                  "(finished steps are kept)")
     if ledger is not None:
-        entry = {"seconds": round(seconds, 1), "command": shown}
-        atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: entry}, indent=2))
+        atomic_write_text(ledger, json.dumps({**read_ledger(ledger), name: measured}, indent=2))
     print(f"[{name}] {seconds / 60:.1f} min", flush=True)
 
 
@@ -326,12 +337,16 @@ def write_readme(results: Path, summary: dict) -> None:
              f"Machine: {summary['machine']['platform']}, {summary['machine']['cpus']} CPU "
              f"threads, CUDA {'yes' if summary['machine']['cuda'] else 'no'}, torch "
              f"{summary['machine']['torch']}.", "",
-             "| step | minutes | command |", "|---|---|---|"]
+             "Threads: the torch threads of the step's process; load: the machine's load "
+             "averages over 1, 5 and 15 minutes when the step ended (above the threads, "
+             "something shared the cores).", "",
+             "| step | minutes | threads | load | command |", "|---|---|---|---|---|"]
     for s in summary["steps"]:
         minutes = "" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
+        load = " / ".join(f"{v:.1f}" for v in s["load"]) if s.get("load") else ""
         shown = f"`{s['command']}`" if s["command"] else "(not recorded: run before this one)"
-        lines.append(f"| {s['step']} | {minutes} | {shown} |")
-    lines += [f"| **total** | **{summary['wall_seconds'] / 60:.1f}** | |", ""]
+        lines.append(f"| {s['step']} | {minutes} | {s.get('threads', '')} | {load} | {shown} |")
+    lines += [f"| **total** | **{summary['wall_seconds'] / 60:.1f}** | | | |", ""]
     if summary["checks"]:
         lines += ["Checks on the validation split (mean over seeds); the bars are the "
                   "experiment config's `checks`.", "",

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import TINY, export_tiny, load_script
@@ -115,12 +116,15 @@ def test_a_resumed_run_keeps_the_times_of_steps_an_interrupted_one_finished(tmp_
     reproduce.step("teacher", touch, done, [], False, ledger)
     recorded = json.loads(ledger.read_text())["teacher"]
     assert recorded["command"] == reproduce.portable(touch)
+    # what shared the machine is recorded with the time
+    assert recorded["threads"] == torch.get_num_threads() and len(recorded["load"]) == 3
 
     # The interrupted invocation wrote no reproduce.json: the next one reads the ledger.
     log: list[dict] = []
     reproduce.step("teacher", [*touch, "today's overrides"], done, log, False, ledger)
     assert log == [{"step": "teacher", "command": reproduce.portable(touch),
-                    "seconds": recorded["seconds"], "skipped": True}]
+                    "seconds": recorded["seconds"], "threads": recorded["threads"],
+                    "load": recorded["load"], "skipped": True}]
 
     failing = [sys.executable, "-c", "raise SystemExit(3)"]
     with pytest.raises(SystemExit, match="exit code 3"):
