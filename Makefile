@@ -14,7 +14,7 @@ OVERRIDES ?=              # Hydra overrides for every reproduce run; the seeds t
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all reproduce-lm data-kjv record plans sweep-losses reproduce-cifar10 \
+.PHONY: help install data nginx test stress lint reproduce reproduce-seeds reproduce-all reproduce-lm data-kjv record orders plans sweep-losses reproduce-cifar10 \
         reproduce-cifar100 bench-train bench-load serve serve-http docs
 
 help: ## List the targets
@@ -86,6 +86,10 @@ record: ## Write a finished run's report into the tracked record: RUN=runs/repro
 	@test -f "$(RUN)/report/provenance.json" || { echo "RUN=$(RUN) has no finished report (make reproduce first)"; exit 2; }
 	@test -n "$(RECORD)" || { echo "RECORD=experiments/results/<name> is not set"; exit 2; }
 	mkdir -p $(RECORD) && cp -r $(RUN)/report/. $(RECORD)/
+
+SEEDS_RECORDS ?= experiments/results/fmnist_resnet_narrow_seeds experiments/results/fmnist_vgg_seeds experiments/results/fmnist_vit_seeds experiments/results/lm_kjv
+orders: $(STAMP) ## Prefix vs suffix vs window within each recorded run, with 95% intervals over seeds (from the records' report.csv) into experiments/results/orders
+	$(PY) experiments/orders.py $(SEEDS_RECORDS) --out experiments/results/orders
 
 plans: install ## All-mask table, loading plan and fp32/fp16/int8 bundles of EXPERIMENT's reproduce run
 	$(PY) experiments/plans.py --experiment $(EXPERIMENT)

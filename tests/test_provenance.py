@@ -147,3 +147,34 @@ def test_choices_picks_the_widest_candidate_far_enough_from_the_teacher(tmp_path
     assert [r.split(",")[3] for r in rows[1:]] == ["2.4", "2.5", "2.9"]
     assert f"Chosen: `{mid}`." in (out / "README.md").read_text()
     assert json.loads((out / "provenance.json").read_text())["steps"][0]["seconds"] is None
+
+
+def test_orders_compares_prefix_with_the_other_orders_within_each_run(tmp_path, monkeypatch):
+    orders = load_script("orders")
+    results = tmp_path / "seeds"
+    results.mkdir()
+    rows = [  # run a (seed 0) and run b (seed 1) of one column, N=3; b has no window order
+        ("a", "prefix", "SSS", 0.5), ("a", "prefix", "TSS", 0.8), ("a", "prefix", "TTS", 0.9),
+        ("a", "prefix", "TTT", 1.0), ("a", "suffix", "SST", 0.6), ("a", "suffix", "STT", 0.8),
+        ("a", "window", "SST", 0.6), ("a", "window", "STS", 0.7), ("a", "window", "TSS", 0.8),
+        ("a", "window", "STT", 0.8), ("a", "window", "TTS", 0.9),
+        ("b", "prefix", "TSS", 0.7), ("b", "prefix", "TTS", 0.9), ("b", "suffix", "SST", 0.5),
+        ("b", "suffix", "STT", 0.7), ("b", "suffix", "TTT", 1.0)]
+    (results / "report.csv").write_text(
+        "run,path,order,k,mask,accuracy,bytes_loaded\n"
+        + "".join(f"vgg/pwl,{p},{o},{m.count('T')},{m},{v},0\n" for p, o, m, v in rows))
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["orders.py", str(results), "--out", str(out)])
+    orders.main()
+    with (out / "orders.csv").open() as f:
+        got = {r["what"]: r for r in __import__("csv").DictReader(f)}
+    # prefix: a (0.8 + 0.9) / 2 = 0.85, b 0.8; suffix: a 0.7, b 0.6; window: a 3.8 / 5 = 0.76
+    assert float(got["prefix"]["mean"]) == pytest.approx(0.825)
+    assert float(got["window"]["mean"]) == pytest.approx(0.76) and got["window"]["n"] == "1"
+    # prefix - suffix per run: 0.15 and 0.2; sd 0.0354, t(0.975, 1) = 12.706 -> half 0.3177
+    diff = got["prefix - suffix"]
+    assert (diff["n"], float(diff["mean"])) == ("2", pytest.approx(0.175))
+    assert float(diff["ci95_low"]) == pytest.approx(0.175 - 12.7062 * 0.025, abs=1e-4)
+    assert float(got["prefix - window"]["mean"]) == pytest.approx(0.09)
+    assert "| vgg/pwl | prefix - suffix | 2 | +17.50 [-14.27, +49.27] |" in (
+        out / "README.md").read_text()
