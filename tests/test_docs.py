@@ -141,3 +141,8 @@ def test_site_builds_offline(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     html = (tmp_path / "site" / "index.html").read_text()
     assert "Quickstart" in html and "fonts.googleapis" not in html
+
+
+def test_the_readme_is_a_front_page_of_at_most_200_lines():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail into docs/"
