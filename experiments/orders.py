@@ -1,6 +1,6 @@
 """Loading orders compared within each run: is prefix loading the best order?
 
-    python experiments/orders.py RESULTS [RESULTS ...] --out DIR [--column pwl]
+    python experiments/orders.py RESULTS [RESULTS ...] --out DIR
 
 Each RESULTS is a reproduction's results directory; its ``report.csv`` (written by
 ``pwl.report``) holds every run's test metric at every stage of the orders it was
@@ -25,19 +25,23 @@ from provenance import invocation, write_provenance
 from pwl.report import summarise
 
 ORDERS = ("prefix", "suffix", "window")
+# the columns pwl.report's report.csv always has; a task's own metric follows them
+REPORT_COLUMNS = ("run", "path", "order", "k", "mask", "accuracy", "bytes_loaded")
 
 
 def order_scores(report_csv: Path) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
     """The report's metric and ``{column: {run path: {order: mean metric over its mixed
     stages}}}``.
 
-    A language model's report scores bits per character (its ``bpc`` column), any other
-    accuracy."""
+    The metric is the one ``pwl.report`` wrote after its fixed columns (a language model's
+    ``bpc``), else accuracy."""
     with report_csv.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
     if not rows:
         sys.exit(f"error: {report_csv} has no rows; pass a reproduction's results directory")
-    metric = "bpc" if "bpc" in rows[0] else "accuracy"
+    extra = [c for c in reader.fieldnames if c not in REPORT_COLUMNS]
+    metric = extra[0] if extra else "accuracy"
     stages: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in rows:
         if r["order"] in ORDERS and 0 < r["mask"].count("T") < len(r["mask"]):
@@ -72,8 +76,6 @@ def main() -> None:
     parser.add_argument("results", type=Path, nargs="+",
                         help="reproduction results directories (each with its report.csv)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--column", default=None,
-                        help="only the columns whose label ends with /COLUMN (e.g. pwl)")
     args = parser.parse_args()
 
     table = []
@@ -84,12 +86,11 @@ def main() -> None:
                      "experiments/reproduce.py wrote")
         metric, scores = order_scores(path)
         for column, runs in scores.items():
-            if args.column is None or column.endswith(f"/{args.column}"):
-                table += [{"results": str(results), "column": column, "metric": metric, **row}
-                          for row in compare(runs)]
+            table += [{"results": str(results), "column": column, "metric": metric, **row}
+                      for row in compare(runs)]
     if not table:
-        sys.exit(f"error: no run of {args.column or 'any column'} has mixed stages of "
-                 f"{ORDERS}; evaluate with orders=[prefix,suffix,window]")
+        sys.exit(f"error: no run has mixed stages of {ORDERS}; evaluate with "
+                 "orders=[prefix,suffix,window]")
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "orders.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))

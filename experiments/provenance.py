@@ -36,6 +36,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "provenance.json"
+# What a step's time depended on besides its work (experiments/reproduce.py records them).
+LOAD_KEYS = ("threads", "load")
 KEYS = ("command", "commit", "dirty", "cpu_model", "cores", "torch", "precision",
         "memory_format", "steps", "written")
 
@@ -83,10 +85,10 @@ def provenance(command: Sequence[str] | str, steps: Sequence[dict[str, Any]],
         "torch": torch.__version__,
         "precision": precision,
         "memory_format": memory_format,
-        "steps": [{"step": s["step"], "command": s.get("command"),
-                   "seconds": s["seconds"] if not s.get("skipped") else None,
-                   **({k: s[k] for k in ("threads", "load") if k in s}
-                      if not s.get("skipped") else {})}
+        "steps": [{"step": s["step"], "command": s.get("command"), "seconds": None}
+                  if s.get("skipped") else
+                  {"step": s["step"], "command": s.get("command"), "seconds": s["seconds"],
+                   **{k: s[k] for k in LOAD_KEYS if k in s}}
                   for s in steps],
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

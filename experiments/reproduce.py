@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
-from provenance import invocation, training_precision, write_provenance
+from provenance import LOAD_KEYS, invocation, training_precision, write_provenance
 
 from pwl.atomic import atomic_write_text
 from pwl.cli import CONF_DIR, user_errors_as_one_line
@@ -139,7 +139,7 @@ def step(name: str, cmd: list[str], done: Path, log: list[dict], force: bool,
         entry = (read_ledger(ledger) if ledger else {}).get(name, {})
         log.append({"step": name, "command": entry.get("command"),
                     "seconds": entry.get("seconds"),
-                    **{k: entry[k] for k in ("threads", "load") if k in entry},
+                    **{k: entry[k] for k in LOAD_KEYS if k in entry},
                     "skipped": True})
         return
     print(f"[{name}] {shown}", flush=True)

@@ -1,5 +1,6 @@
 """experiments/results: every directory says what made it, and every quoted number is its own."""
 
+import csv
 import json
 import re
 import shlex
@@ -167,7 +168,7 @@ def test_orders_compares_prefix_with_the_other_orders_within_each_run(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["orders.py", str(results), "--out", str(out)])
     orders.main()
     with (out / "orders.csv").open() as f:
-        got = {r["what"]: r for r in __import__("csv").DictReader(f)}
+        got = {r["what"]: r for r in csv.DictReader(f)}
     # prefix: a (0.8 + 0.9) / 2 = 0.85, b 0.8; suffix: a 0.7, b 0.6; window: a 3.8 / 5 = 0.76
     assert float(got["prefix"]["mean"]) == pytest.approx(0.825)
     assert float(got["window"]["mean"]) == pytest.approx(0.76) and got["window"]["n"] == "1"
